@@ -1,0 +1,123 @@
+"""`python -m disagglab <command>`: the one call each Snakemake rule makes into the package."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import current_config
+from .errors import InputError
+from .hashing import atomic_write_bytes, atomic_write_json
+from .paths import PLANS_DIR
+
+
+def _phases():
+    from .workflow import Phases
+
+    return Phases(PLANS_DIR, current_config())
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .plan import load_plan
+
+    bad = 0
+    for path in args.plans:
+        try:
+            plan = load_plan(path)
+        except InputError as exc:
+            bad += 1
+            print(exc, file=sys.stderr)
+            continue
+        print(f"{path}: ok ({len(plan.layers)} layers, {len(plan.patterns)} patterns)")
+    return 2 if bad else 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    text = _phases().task_text(args.phase, args.pattern, args.role)
+    atomic_write_bytes(Path(args.output), text.encode())
+    return 0
+
+
+def cmd_deploy_node_files(args: argparse.Namespace) -> int:
+    from .deploy import deploy_node_files
+    from .storage import open_storage
+
+    deploy_node_files(args.phase, open_storage(current_config()), Path(args.output))
+    return 0
+
+
+def cmd_deploy_tasks(args: argparse.Namespace) -> int:
+    from .deploy import deploy_tasks
+    from .storage import open_storage
+
+    deploy_tasks(args.phase, args.pattern, [Path(t) for t in args.tasks], open_storage(current_config()), Path(args.output))
+    return 0
+
+
+def cmd_run_pattern(args: argparse.Namespace) -> int:
+    from .executor import open_executor
+    from .orchestrate import PatternRun
+
+    phases = _phases()
+    cfg = phases.cfg
+    plan = phases.plan(args.phase)
+    output = Path(args.output)
+    run = PatternRun(plan, plan.pattern(args.pattern), args.phase, cfg, open_executor(cfg), output.parent.parent)
+    written = run.run()
+    if written.resolve() != output.resolve():
+        print(f"result written to {written}, expected {output}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_layer_done(args: argparse.Namespace) -> int:
+    from .results import layer_marker
+
+    phases = _phases()
+    paths = {pid: Path(p) for pid, p in zip(phases.plan(args.phase).layer(args.layer).pattern_ids, phases.layer_results(args.phase, args.layer), strict=True)}
+    atomic_write_json(Path(args.output), layer_marker(args.phase, args.layer, paths))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="disagglab", description="Control side of the disaggregated-inference experiment pipeline.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("validate", help="validate plan files; every problem is listed")
+    p.add_argument("plans", nargs="+")
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("render", help="render one role's task definition")
+    for a in ("--phase", "--pattern", "--role", "--output"):
+        p.add_argument(a, required=True)
+    p.set_defaults(func=cmd_render)
+    p = sub.add_parser("deploy-node-files", help="copy scripts/ and remote/ into the store")
+    p.add_argument("--phase", required=True)
+    p.add_argument("--output", required=True)
+    p.set_defaults(func=cmd_deploy_node_files)
+    p = sub.add_parser("deploy-tasks", help="copy one pattern's task definitions into the store")
+    p.add_argument("--phase", required=True)
+    p.add_argument("--pattern", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("tasks", nargs="+")
+    p.set_defaults(func=cmd_deploy_tasks)
+    p = sub.add_parser("run-pattern", help="run one pattern on its nodes and write its result")
+    for a in ("--phase", "--pattern", "--output"):
+        p.add_argument(a, required=True)
+    p.set_defaults(func=cmd_run_pattern)
+    p = sub.add_parser("layer-done", help="write a layer's completion marker")
+    for a in ("--phase", "--layer", "--output"):
+        p.add_argument(a, required=True)
+    p.set_defaults(func=cmd_layer_done)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

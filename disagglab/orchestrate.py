@@ -1,0 +1,200 @@
+"""Run one pattern over a transport and a storage: the same code for local and remote nodes.
+
+Sequence: fetch on every node -> producer (or unified) up -> consumer up -> benchmark ->
+stop every node (always, also after a failure or an interrupt) -> collect logs and the
+node result -> one result JSON, or one failure record naming the step, node and cause.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import StepFailed
+from .executor import Executor, NodePair
+from .hashing import atomic_write_bytes, sha256_file
+from .plan import Pattern, Plan
+from .results import build_result, failure_record, write_failure, write_result
+from .transport import RUNNER_PATH, Node
+
+ROLE_NODE = {"unified": "node1", "producer": "node1", "consumer": "node2"}
+STEP_TIMEOUT_S = {"fetch": 300.0, "stop": 120.0, "collect": 300.0}
+
+
+class Interrupted(BaseException):
+    """SIGTERM/SIGINT reached the control process; unwinds through the stop steps."""
+
+
+@contextlib.contextmanager
+def interrupts_raise() -> Iterator[None]:
+    def handler(signum: int, _frame: Any) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+@dataclass
+class PatternRun:
+    plan: Plan
+    pattern: Pattern
+    phase: str
+    cfg: dict[str, Any]
+    executor: Executor
+    results_dir: Path
+
+    def log(self, msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {self.pattern.id}: {msg}", file=sys.stderr, flush=True)
+
+    # ------------------------------------------------------------------ inputs
+    def _deployed(self) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """Files the nodes need (from the deploy markers) and the task sha256 per role.
+
+        The task files on disk must be exactly what was deployed; anything else means the
+        markers are stale and running would measure something other than what is recorded.
+        """
+        deploy = self.results_dir / "deploy"
+        node_marker = json.loads((deploy / "node-files.json").read_text())
+        task_marker = json.loads((deploy / "tasks" / f"{self.pattern.id}.json").read_text())
+        task_sha = {}
+        for item in task_marker["files"]:
+            role = Path(item["path"]).stem
+            local = self.results_dir / "tasks" / self.pattern.id / f"{role}.json"
+            actual = sha256_file(local)
+            if actual != item["sha256"]:
+                raise StepFailed("deploy", "control", f"{local} has sha256 {actual} but {item['key']} was deployed with {item['sha256']}; rerun the deploy")
+            task_sha[role] = item["sha256"]
+        missing = set(self.pattern.roles) - set(task_sha)
+        if missing:
+            raise StepFailed("deploy", "control", f"roles {sorted(missing)} missing from the task deploy marker")
+        return node_marker["files"] + task_marker["files"], task_sha
+
+    # ------------------------------------------------------------------ steps
+    def _step(self, node: Node, args: list[str], timeout_s: float) -> dict[str, Any]:
+        outcome = self.executor.transport.run_step(node, self.phase, args, timeout_s)
+        if not outcome.ok:
+            tail = outcome.report.get("log_tail") or outcome.output_tail
+            raise StepFailed(args[0], node.name, outcome.cause, outcome.report.get("exit_status", outcome.exit_status), tail)
+        return outcome.report
+
+    def run(self) -> Path:
+        run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        started = time.time()
+        storage = self.executor.storage
+        transport = self.executor.transport
+        failure_path = self.results_dir / "failures" / f"{self.pattern.id}.json"
+        pair: NodePair | None = None
+        used: list[Node] = []
+        started_nodes: list[Node] = []
+        step_reports: dict[str, Any] = {}
+        error: BaseException | None = None
+        try:
+            with interrupts_raise():
+                try:
+                    files, task_sha = self._deployed()
+                    pair = self.executor.acquire_pair(self.cfg)
+                    used = [pair.node(n) for n in dict.fromkeys(ROLE_NODE[r] for r in self.pattern.roles)]
+                    manifest = {"pattern": self.pattern.id, "run_id": run_id, "files": files}
+                    manifest_local = self.results_dir / "logs" / self.pattern.id / "manifest.json"
+                    atomic_write_bytes(manifest_local, json.dumps(manifest, indent=2, sort_keys=True).encode())
+                    manifest_key = f"{self.phase}/manifests/{self.pattern.id}.json"
+                    manifest_sha = storage.put_file(manifest_local, manifest_key).sha256
+                    runner = next(f for f in files if f["path"] == RUNNER_PATH)
+                    for node in used:
+                        self.log(f"fetch on {node.name}")
+                        transport.prepare(node, self.phase, storage, runner["key"], runner["sha256"])
+                        self._step(node, ["fetch", "--node-dir", transport.node_dir(node, self.phase), "--store", storage.url,
+                                          "--manifest-key", manifest_key, "--manifest-sha256", manifest_sha], STEP_TIMEOUT_S["fetch"])
+                    grace = str(self.cfg["server"]["stop_grace_s"])
+                    for role in self.pattern.roles:
+                        node = pair.node(ROLE_NODE[role])
+                        if node not in started_nodes:
+                            started_nodes.append(node)
+                        self.log(f"start {role} on {node.name}")
+                        step_reports[f"start:{role}"] = self._step(node, [
+                            "start", "--node-dir", transport.node_dir(node, self.phase), "--task", f"tasks/{self.pattern.id}/{role}.json",
+                            "--bindings", json.dumps(pair.bindings(node)), "--grace", grace,
+                        ], float(self.cfg["server"]["health_timeout_s"]) + 60)
+                    bench_role = self.pattern.roles[-1]
+                    node = pair.node(ROLE_NODE[bench_role])
+                    self.log(f"benchmark on {node.name}")
+                    step_reports["bench"] = self._step(node, [
+                        "bench", "--node-dir", transport.node_dir(node, self.phase), "--task", f"tasks/{self.pattern.id}/{bench_role}.json",
+                        "--bindings", json.dumps(pair.bindings(node)), "--grace", grace,
+                    ], self._bench_timeout())
+                except (StepFailed, Interrupted, Exception) as exc:  # noqa: BLE001 - any failure becomes a failure record
+                    error = exc
+                finally:
+                    stop_errors = self._stop_all(started_nodes or used)
+                    collected = self._collect_all(used, run_id)
+        except Interrupted as exc:  # a second signal while stopping
+            error = error or exc
+            stop_errors, collected = ["interrupted while stopping"], {}
+        finished = time.time()
+        if error is None and stop_errors:
+            error = StepFailed("stop", "/".join(n.name for n in used), "; ".join(stop_errors))
+        if error is not None:
+            record = failure_record(self, error, started, finished, run_id, collected)
+            write_failure(failure_path, record)
+            self.log(f"FAILED: {record['message']}")
+            if isinstance(error, Interrupted):
+                raise KeyboardInterrupt(str(error))
+            raise SystemExit(1)
+        assert pair is not None
+        result = build_result(self, pair, task_sha, run_id, started, finished, collected, step_reports)
+        output = self.results_dir / "runs" / f"{self.pattern.id}.json"
+        write_result(output, result)
+        failure_path.unlink(missing_ok=True)
+        self.log(f"done: {result['completed']} requests, valid={result['validity']['valid']}")
+        return output
+
+    def _bench_timeout(self) -> float:
+        spec = self.pattern.spec
+        requests = spec["warmup_iterations"] + spec["measurement_iterations"]
+        return float(self.cfg["benchmark"]["request_timeout_s"]) * max(1, requests // max(1, spec["concurrency"])) + 120
+
+    def _stop_all(self, nodes: list[Node]) -> list[str]:
+        errors = []
+        for node in reversed(nodes):
+            try:
+                self._step(node, ["stop", "--node-dir", self.executor.transport.node_dir(node, self.phase),
+                                  "--pattern", self.pattern.id, "--grace", str(self.cfg["server"]["stop_grace_s"])], STEP_TIMEOUT_S["stop"])
+            except StepFailed as exc:
+                errors.append(f"{node.name}: {exc.cause}")
+        return errors
+
+    def _collect_all(self, nodes: list[Node], run_id: str) -> dict[str, dict[str, Path]]:
+        """Bring each node's result and logs back through the store into results/<phase>/logs/."""
+        collected: dict[str, dict[str, Path]] = {}
+        storage = self.executor.storage
+        for node in nodes:
+            prefix = f"{self.phase}/outputs/{self.pattern.id}/{run_id}/{node.name}"
+            try:
+                report = self._step(node, ["collect", "--node-dir", self.executor.transport.node_dir(node, self.phase),
+                                           "--pattern", self.pattern.id, "--store", storage.url, "--output-prefix", prefix], STEP_TIMEOUT_S["collect"])
+            except StepFailed as exc:
+                self.log(f"collect on {node.name} failed: {exc.cause}")
+                continue
+            files = {}
+            for item in report.get("uploaded", []):
+                rel = item["key"][len(prefix) + 1:]
+                dest = self.results_dir / "logs" / self.pattern.id / node.name / rel
+                got = storage.get_file(item["key"], dest)
+                if got != item["sha256"]:
+                    self.log(f"collect: {item['key']} sha256 mismatch ({got} != {item['sha256']})")
+                    continue
+                files[rel] = dest
+            collected[node.name] = files
+        return collected

@@ -1,0 +1,89 @@
+"""Render a pattern's task definitions from templates/ (Jinja2, StrictUndefined).
+
+A task definition is data: argv lists and env maps. Values known only on the node at run
+time (addresses, ports, the node's folder, its python) are `${name}` tokens that the
+node-side runner substitutes word by word; nothing here is ever parsed by a shell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from functools import lru_cache
+from typing import Any
+
+import jinja2
+
+from .config import sim_profile
+from .paths import TEMPLATE_DIR
+from .plan import Pattern
+
+TEMPLATES = {
+    "unified": "unified.json.jinja2",
+    "producer": "disaggregated-producer.json.jinja2",
+    "consumer": "disaggregated-consumer.json.jinja2",
+}
+# Every token the runner knows how to bind (remote/task_runner.py BINDING_NAMES).
+BINDINGS = frozenset(
+    {
+        "python", "node_dir", "out_dir", "bind_host", "node1_host", "node2_host",
+        "unified_port", "producer_port", "consumer_port", "proxy_port",
+        "producer_side_channel_port", "consumer_side_channel_port",
+    }
+)
+_TOKEN = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
+
+
+def _combine(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    return {**a, **b}
+
+
+@lru_cache(maxsize=1)
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+    )
+    env.filters["combine"] = _combine
+    return env
+
+
+def engine_block(cfg: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """The executable that serves the model. The engine changes this and nothing else."""
+    infra = spec["infrastructure"]
+    if cfg["engine"] == "sim":
+        profile = json.dumps(sim_profile(cfg, infra["model"]), sort_keys=True, separators=(",", ":"))
+        return {"name": "sim", "executable": ["${python}", "${node_dir}/scripts/vllm_sim.py", "--profile-json", profile]}
+    return {"name": "vllm", "executable": [f"{infra['venv_path'].rstrip('/')}/bin/vllm"]}
+
+
+def render_task(pattern: Pattern, role: str, phase: str, cfg: dict[str, Any]) -> str:
+    """The task definition text for one role of a pattern (deterministic for equal inputs)."""
+    if role not in pattern.roles:
+        raise ValueError(f"pattern {pattern.id} ({pattern.backend}) has no role {role!r}; roles: {', '.join(pattern.roles)}")
+    spec = pattern.spec
+    context = {
+        "phase": phase,
+        "spec": spec,
+        "infra": spec["infrastructure"],
+        "engine": engine_block(cfg, spec),
+        "transport": cfg["transports"].get(pattern.backend, {"nixl_backends": [], "env": {}}),
+        "server": cfg["server"],
+        "benchmark": cfg["benchmark"],
+    }
+    text = _env().get_template(TEMPLATES[role]).render(**context)
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"template {TEMPLATES[role]} rendered invalid JSON for {pattern.id}: {exc}") from None
+    unknown = sorted(set(_TOKEN.findall(text)) - BINDINGS)
+    if unknown:
+        raise ValueError(f"template {TEMPLATES[role]} uses unknown run-time tokens: {', '.join(unknown)}")
+    return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,72 @@
+"""What the Snakefile asks of the package: plans by phase, task digests, rerun fingerprints.
+
+Everything here is evaluated while Snakemake builds the DAG, so it is cached and cheap:
+a pattern's task definitions are rendered in memory and hashed, and those hashes (not
+file timestamps) are the params that decide whether a pattern runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from .nodefiles import files_for_pattern, node_file_digests
+from .plan import Pattern, Plan, load_plan
+from .render import render_task, sha256_text
+
+
+class Phases:
+    def __init__(self, plans_dir: Path, cfg: dict[str, Any]):
+        self.plans_dir = plans_dir
+        self.cfg = cfg
+        self.cfg_json = json.dumps(cfg, sort_keys=True)
+
+    @cache  # noqa: B019 - one instance per Snakemake run
+    def plan(self, phase: str) -> Plan:
+        return load_plan(self.plans_dir / f"{phase}.json")
+
+    def pattern(self, phase: str, pattern_id: str) -> Pattern:
+        return self.plan(phase).pattern(pattern_id)
+
+    @cache  # noqa: B019
+    def task_text(self, phase: str, pattern_id: str, role: str) -> str:
+        return render_task(self.pattern(phase, pattern_id), role, phase, self.cfg)
+
+    def task_digest(self, phase: str, pattern_id: str, role: str) -> str:
+        return sha256_text(self.task_text(phase, pattern_id, role))
+
+    def task_digests(self, phase: str, pattern_id: str) -> list[str]:
+        """role=sha256 strings: readable in Snakemake's 'Params have changed' reason."""
+        return [f"{role}={self.task_digest(phase, pattern_id, role)}" for role in self.pattern(phase, pattern_id).roles]
+
+    def node_file_fingerprint(self, phase: str, pattern_id: str) -> list[str]:
+        files = files_for_pattern(self.pattern(phase, pattern_id), self.cfg["engine"], node_file_digests())
+        return [f"{rel}={sha}" for rel, sha in sorted(files.items())]
+
+    def layer_results(self, phase: str, layer: str) -> list[str]:
+        return [f"results/{phase}/runs/{pid}.json" for pid in self.plan(phase).layer(layer).pattern_ids]
+
+
+def sweep_stale_layer_markers(results_root: Path = Path("results")) -> list[str]:
+    """Remove layer markers whose results are gone.
+
+    A layer marker claims "every pattern of this layer has a result". When a user deletes
+    a result, Snakemake would keep trusting the up-to-date marker and never rebuild the
+    missing result, so the false claim is withdrawn before the DAG is built.
+    """
+    removed = []
+    for marker in sorted(results_root.glob("phase*/*.done")):
+        try:
+            doc = json.loads(marker.read_text())
+            paths = [Path(p["result"]) for p in doc["patterns"].values()]
+        except (OSError, ValueError, KeyError, TypeError):
+            paths = None
+        if paths is None or any(not p.exists() for p in paths):
+            missing = "unreadable marker" if paths is None else ", ".join(str(p) for p in paths if not p.exists())
+            marker.unlink(missing_ok=True)
+            print(f"disagglab: {marker} was stale ({missing}); it will be rebuilt", file=sys.stderr)
+            removed.append(str(marker))
+    return removed

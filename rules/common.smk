@@ -1,0 +1,75 @@
+# Shared helpers: configuration, lazy plan loading, wildcard constraints, input functions.
+import json
+import os
+import sys
+
+sys.path.insert(0, workflow.basedir)
+
+from disagglab.config import ENV_VAR, validate_config
+from disagglab.errors import InputError
+from disagglab.paths import PLANS_DIR
+from disagglab.workflow import Phases, sweep_stale_layer_markers
+
+try:
+    validate_config(config, "config (config/config.yaml + --config/--configfile)")
+except InputError as exc:
+    raise WorkflowError(str(exc))
+
+# Jobs run in their own processes; they read the very configuration this DAG was built with.
+os.environ[ENV_VAR] = json.dumps(config, sort_keys=True)
+PYTHON = sys.executable
+BASEDIR = workflow.basedir
+RUN = f"PYTHONPATH={BASEDIR} {PYTHON} -m disagglab"
+PHASES = Phases(PLANS_DIR, config)
+
+sweep_stale_layer_markers()
+
+
+wildcard_constraints:
+    phase=r"phase[0-9]+",
+    layer=r"[A-Za-z0-9_-]+",
+    pattern=r"[a-z0-9][a-z0-9.-]*",
+    role=r"unified|producer|consumer",
+
+
+def _plan_call(fn, *args):
+    """Turn a plan problem into one clear error instead of a traceback."""
+    try:
+        return fn(*args)
+    except InputError as exc:
+        raise WorkflowError(str(exc))
+    except KeyError as exc:
+        raise WorkflowError(exc.args[0] if exc.args else str(exc))
+
+
+def get_task_digest(wildcards):
+    return _plan_call(PHASES.task_digest, wildcards.phase, wildcards.pattern, wildcards.role)
+
+
+def get_task_files(wildcards):
+    roles = _plan_call(PHASES.pattern, wildcards.phase, wildcards.pattern).roles
+    return [f"results/{wildcards.phase}/tasks/{wildcards.pattern}/{role}.json" for role in roles]
+
+
+def get_task_digests(wildcards):
+    return _plan_call(PHASES.task_digests, wildcards.phase, wildcards.pattern)
+
+
+def get_node_file_fingerprint(wildcards):
+    return _plan_call(PHASES.node_file_fingerprint, wildcards.phase, wildcards.pattern)
+
+
+def get_layer_results(wildcards):
+    return _plan_call(PHASES.layer_results, wildcards.phase, wildcards.layer)
+
+
+def get_node_files(wildcards):
+    from disagglab.nodefiles import list_node_files
+
+    return [os.path.join(BASEDIR, f) for f in list_node_files()]
+
+
+def get_all_node_file_digests(wildcards):
+    from disagglab.nodefiles import node_file_digests
+
+    return [f"{rel}={sha}" for rel, sha in sorted(node_file_digests().items())]
