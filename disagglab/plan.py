@@ -235,10 +235,18 @@ def effective_spec(doc: dict[str, Any], pattern: dict[str, Any]) -> dict[str, An
     return spec
 
 
+def _display(path: Path) -> str:
+    """The path as the user would type it: relative to the working folder when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def load_plan(path: str | Path) -> Plan:
     """Load and validate a plan file; raise PlanError listing every problem."""
     path = Path(path)
-    file = str(path)
+    file = _display(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -125,10 +125,7 @@ ERROR_BODY_EXCERPT_CHARS = 500
 # client collapse at long context (vllm issue #39963); a larger buffer costs
 # little and keeps long SSE events from being throttled by flow control.
 READ_BUFSIZE = 4 * 1024 * 1024
-NO_CONTENT_ERROR = (
-    "Never received a valid chunk to calculate TTFT "
-    "(HTTP 200 without any content event)"
-)
+NO_CONTENT_ERROR = "Never received a valid chunk to calculate TTFT (HTTP 200 without any content event)"
 
 # Common English words that are a single token, with a leading space, in the
 # usual BPE vocabularies. Used only for the chat endpoint, where a prompt must
@@ -258,9 +255,7 @@ class ServerUnreachable(RuntimeError):
 # --------------------------------------------------------------------------
 
 
-def prompt_id_matrix(
-    count: int, prompt_tokens: int, low: int, high: int, seed: int
-) -> np.ndarray:
+def prompt_id_matrix(count: int, prompt_tokens: int, low: int, high: int, seed: int) -> np.ndarray:
     """``count`` x ``prompt_tokens`` token ids in [low, high), row = prompt.
 
     The first ids are drawn without replacement, so every prompt differs from
@@ -271,10 +266,7 @@ def prompt_id_matrix(
     if count < 0 or prompt_tokens < 1:
         raise ValueError("count must be >= 0 and prompt_tokens >= 1")
     if high - low < count:
-        raise ValueError(
-            f"token id range [{low}, {high}) has fewer than {count} ids: "
-            "cannot give every request a distinct first token"
-        )
+        raise ValueError(f"token id range [{low}, {high}) has fewer than {count} ids: cannot give every request a distinct first token")
     rng = np.random.default_rng(seed)
     ids = np.empty((count, prompt_tokens), dtype=np.int64)
     ids[:, 0] = rng.choice(high - low, size=count, replace=False) + low
@@ -282,9 +274,7 @@ def prompt_id_matrix(
     return ids
 
 
-def build_prompts(
-    count: int, prompt_tokens: int, low: int, high: int, seed: int
-) -> list[list[int]]:
+def build_prompts(count: int, prompt_tokens: int, low: int, high: int, seed: int) -> list[list[int]]:
     """The prompts of ``prompt_id_matrix`` as lists of Python ints."""
     return prompt_id_matrix(count, prompt_tokens, low, high, seed).tolist()
 
@@ -300,9 +290,7 @@ def chat_text_from_ids(ids: Sequence[int]) -> str:
     return " ".join(words)
 
 
-def completions_payload(
-    model: str, prompt_ids: list[int], max_tokens: int
-) -> dict[str, Any]:
+def completions_payload(model: str, prompt_ids: list[int], max_tokens: int) -> dict[str, Any]:
     """/v1/completions body as ``vllm bench serve`` (openai, --ignore-eos).
 
     Greedy, streamed with a final usage event, and ``ignore_eos`` so every
@@ -345,9 +333,7 @@ def _dumps(payload: dict[str, Any]) -> bytes:
 def build_specs(cfg: BenchConfig) -> tuple[list[RequestSpec], list[RequestSpec]]:
     """Warmup and measured request specs, indices 0..W-1 then W..W+N-1."""
     total = cfg.warmup_requests + cfg.num_requests
-    ids = prompt_id_matrix(
-        total, cfg.prompt_tokens, cfg.token_id_low, cfg.token_id_high, cfg.seed
-    )
+    ids = prompt_id_matrix(total, cfg.prompt_tokens, cfg.token_id_low, cfg.token_id_high, cfg.seed)
     make_payload = chat_payload if cfg.is_chat else completions_payload
     prefix = cfg.label or "bench"
     specs = []
@@ -447,9 +433,7 @@ def _headers(request_id: str) -> dict[str, str]:
 def _error_text(exc: BaseException, timeout_s: float | None) -> str:
     """Readable one-line error; aiohttp's timeout carries no message at all."""
     if isinstance(exc, asyncio.TimeoutError):
-        return (
-            f"TimeoutError: no complete response within --request-timeout {timeout_s} s"
-        )
+        return f"TimeoutError: no complete response within --request-timeout {timeout_s} s"
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -483,9 +467,7 @@ async def _post_streaming(
     outcome.start_time = st
     last = st
     try:
-        async with session.post(
-            url, data=body, headers=_headers(outcome.request_id)
-        ) as resp:
+        async with session.post(url, data=body, headers=_headers(outcome.request_id)) as resp:
             outcome.http_status = resp.status
             if resp.status != 200:
                 excerpt = await _read_excerpt(resp, ERROR_BODY_EXCERPT_CHARS)
@@ -503,9 +485,7 @@ async def _post_streaming(
                 try:
                     obj = json.loads(data)
                 except json.JSONDecodeError as exc:
-                    raise ValueError(
-                        f"invalid JSON in SSE event: {data[:200]!r}"
-                    ) from exc
+                    raise ValueError(f"invalid JSON in SSE event: {data[:200]!r}") from exc
                 if not isinstance(obj, dict):
                     return
                 choices = obj.get("choices")
@@ -516,11 +496,7 @@ async def _post_streaming(
                         outcome.itl.append(ts - last)
                     last = ts
                     outcome.content_chunks += 1
-                    text = (
-                        content_text(choices[0])
-                        if isinstance(choices[0], dict)
-                        else None
-                    )
+                    text = content_text(choices[0]) if isinstance(choices[0], dict) else None
                     outcome.generated_chars += len(text or "")
                 usage = obj.get("usage")
                 if isinstance(usage, dict):
@@ -568,21 +544,15 @@ def _new_outcome(spec: RequestSpec) -> RequestOutcome:
     )
 
 
-async def request_openai_completions(
-    session: aiohttp.ClientSession, url: str, spec: RequestSpec
-) -> RequestOutcome:
+async def request_openai_completions(session: aiohttp.ClientSession, url: str, spec: RequestSpec) -> RequestOutcome:
     """One streamed /v1/completions request (body from ``completions_payload``).
 
     The generated text of a choice is in ``choices[0].text``.
     """
-    return await _post_streaming(
-        session, url, spec.body, _new_outcome(spec), lambda choice: choice.get("text")
-    )
+    return await _post_streaming(session, url, spec.body, _new_outcome(spec), lambda choice: choice.get("text"))
 
 
-async def request_openai_chat_completions(
-    session: aiohttp.ClientSession, url: str, spec: RequestSpec
-) -> RequestOutcome:
+async def request_openai_chat_completions(session: aiohttp.ClientSession, url: str, spec: RequestSpec) -> RequestOutcome:
     """One streamed /v1/chat/completions request (body from ``chat_payload``).
 
     The text is in ``choices[0].delta.content``. Any event with non-empty
@@ -593,9 +563,7 @@ async def request_openai_chat_completions(
         delta = choice.get("delta")
         return delta.get("content") if isinstance(delta, dict) else None
 
-    return await _post_streaming(
-        session, url, spec.body, _new_outcome(spec), delta_text
-    )
+    return await _post_streaming(session, url, spec.body, _new_outcome(spec), delta_text)
 
 
 # --------------------------------------------------------------------------
@@ -608,9 +576,7 @@ def percentile_key(p: float) -> str:
     return str(int(p)) if int(p) == p else str(p)
 
 
-def _stats(
-    prefix: str, values_s: list[float], percentiles: Sequence[float]
-) -> dict[str, float]:
+def _stats(prefix: str, values_s: list[float], percentiles: Sequence[float]) -> dict[str, float]:
     """mean/median/std/min/max/pNN in ms; empty -> 0.0 as vLLM's ``x or 0``."""
     arr = np.asarray(values_s if values_s else [0.0], dtype=float) * 1000.0
     out = {
@@ -651,9 +617,7 @@ def _peak_buckets(successful: list[RequestOutcome]) -> tuple[float, int]:
     return float(np.max(tokens)), int(np.max(concurrent))
 
 
-def calculate_metrics(
-    outcomes: Sequence[RequestOutcome], duration_s: float, percentiles: Sequence[float]
-) -> dict[str, Any]:
+def calculate_metrics(outcomes: Sequence[RequestOutcome], duration_s: float, percentiles: Sequence[float]) -> dict[str, Any]:
     """Turn measured outcomes into vLLM's saved metric keys (pure function).
 
     Only successful requests contribute to token totals and latency lists,
@@ -701,9 +665,7 @@ def calculate_metrics(
 RequestFn = Callable[[RequestSpec], Awaitable[RequestOutcome]]
 
 
-async def run_closed_loop(
-    specs: Sequence[RequestSpec], concurrency: int, send: RequestFn
-) -> list[RequestOutcome]:
+async def run_closed_loop(specs: Sequence[RequestSpec], concurrency: int, send: RequestFn) -> list[RequestOutcome]:
     """Exactly ``concurrency`` workers, each sending its next request at once.
 
     The shared iterator is advanced without an await in between, so each
@@ -721,9 +683,7 @@ async def run_closed_loop(
     return [r for r in results if r is not None]
 
 
-async def run_all_at_once(
-    specs: Sequence[RequestSpec], send: RequestFn
-) -> list[RequestOutcome]:
+async def run_all_at_once(specs: Sequence[RequestSpec], send: RequestFn) -> list[RequestOutcome]:
     """Dispatch every request immediately (offline batch)."""
     return list(await asyncio.gather(*(send(s) for s in specs)))
 
@@ -737,13 +697,9 @@ async def check_reachable(base_url: str, timeout_s: float) -> None:
     parts = urlsplit(base_url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(parts.hostname, port), timeout_s
-        )
+        _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, port), timeout_s)
     except Exception as exc:  # refused, DNS failure, timeout: all "unreachable"
-        raise ServerUnreachable(
-            f"cannot connect to {parts.hostname}:{port}: {_error_text(exc, timeout_s)}"
-        ) from exc
+        raise ServerUnreachable(f"cannot connect to {parts.hostname}:{port}: {_error_text(exc, timeout_s)}") from exc
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
@@ -765,14 +721,10 @@ async def execute(cfg: BenchConfig) -> RunOutput:
     await check_reachable(cfg.base_url, min(10.0, cfg.request_timeout))
     # limit=0: the client's own pool must never queue a request (that would
     # hide waiting time inside TTFT); one session reuses connections.
-    connector = aiohttp.TCPConnector(
-        limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60
-    )
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60)
     timeout = aiohttp.ClientTimeout(total=cfg.request_timeout)
     api = request_openai_chat_completions if cfg.is_chat else request_openai_completions
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=timeout, read_bufsize=READ_BUFSIZE
-    ) as session:
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, read_bufsize=READ_BUFSIZE) as session:
 
         async def send(spec: RequestSpec) -> RequestOutcome:
             return await api(session, cfg.url, spec)
@@ -784,9 +736,7 @@ async def execute(cfg: BenchConfig) -> RunOutput:
         else:
             measured = await run_closed_loop(measured_specs, cfg.concurrency, send)
         duration = time.perf_counter() - start
-    return RunOutput(
-        warmup=warmup, measured=measured, duration_s=duration, benchmark_start=start
-    )
+    return RunOutput(warmup=warmup, measured=measured, duration_s=duration, benchmark_start=start)
 
 
 def _error_counts(outcomes: Sequence[RequestOutcome]) -> list[dict[str, Any]]:
@@ -798,9 +748,7 @@ def _ms(x: float) -> float:
     return round(x * 1000.0, 3)
 
 
-def request_record(
-    o: RequestOutcome, benchmark_start: float, max_tokens: int
-) -> dict[str, Any]:
+def request_record(o: RequestOutcome, benchmark_start: float, max_tokens: int) -> dict[str, Any]:
     """Per-request JSON record (ms); latency fields are null for failures."""
     tpot = o.tpot
     return {
@@ -824,14 +772,10 @@ def request_record(
     }
 
 
-def build_result(
-    cfg: BenchConfig, run: RunOutput, date: str | None = None
-) -> dict[str, Any]:
+def build_result(cfg: BenchConfig, run: RunOutput, date: str | None = None) -> dict[str, Any]:
     """Result JSON: vLLM's --save-result keys first, then ours."""
     metrics = calculate_metrics(run.measured, run.duration_s, cfg.percentiles)
-    records = [
-        request_record(o, run.benchmark_start, cfg.max_tokens) for o in run.measured
-    ]
+    records = [request_record(o, run.benchmark_start, cfg.max_tokens) for o in run.measured]
     result: dict[str, Any] = {
         "date": date or datetime.now().strftime("%Y%m%d-%H%M%S"),
         "endpoint_type": cfg.endpoint_type,
@@ -841,9 +785,7 @@ def build_result(
         "num_prompts": cfg.num_requests,
         "request_rate": "inf",
         "burstiness": 1.0,
-        "max_concurrency": cfg.concurrency
-        if cfg.measurement_type == "online"
-        else None,
+        "max_concurrency": cfg.concurrency if cfg.measurement_type == "online" else None,
     }
     result.update(metrics)
     result.update(
@@ -863,12 +805,8 @@ def build_result(
             "request_timeout_s": cfg.request_timeout,
             "errors": _error_counts(run.measured),
             "warmup_errors": _error_counts(run.warmup),
-            "output_tokens_mismatch": sum(
-                1 for r in records if r["output_tokens_mismatch"]
-            ),
-            "output_tokens_fallback": sum(
-                1 for o in run.measured if o.success and not o.output_tokens_from_usage
-            ),
+            "output_tokens_mismatch": sum(1 for r in records if r["output_tokens_mismatch"]),
+            "output_tokens_fallback": sum(1 for o in run.measured if o.success and not o.output_tokens_from_usage),
             "requests": records,
             "client": {
                 "name": CLIENT_NAME,
@@ -899,9 +837,7 @@ def write_json_atomic(path: str, obj: Any) -> None:
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
-    )
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(obj, fh, indent=2)
@@ -967,8 +903,7 @@ def format_summary(result: dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="benchmark_common.py",
-        description="Streaming benchmark client for an OpenAI-compatible vLLM "
-        "server or P/D proxy; metrics as `vllm bench serve`.",
+        description="Streaming benchmark client for an OpenAI-compatible vLLM server or P/D proxy; metrics as `vllm bench serve`.",
     )
     p.add_argument(
         "--base-url",
@@ -982,9 +917,7 @@ def build_parser() -> argparse.ArgumentParser:
         "/v1/chat/completions (text prompts, approximate length). "
         "Default: %(default)s.",
     )
-    p.add_argument(
-        "--model", required=True, help="Model name sent in every request (as served)."
-    )
+    p.add_argument("--model", required=True, help="Model name sent in every request (as served).")
     p.add_argument(
         "--prompt-tokens",
         type=int,
@@ -1008,16 +941,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--warmup-requests",
         type=int,
         default=0,
-        help="Requests sent first and excluded from all metrics "
-        "(default: %(default)s).",
+        help="Requests sent first and excluded from all metrics (default: %(default)s).",
     )
     p.add_argument("--num-requests", type=int, required=True, help="Measured requests.")
     p.add_argument(
         "--measurement-type",
         choices=("online", "offline"),
         default="online",
-        help="online: closed loop at --concurrency; offline: all measured "
-        "requests dispatched at once (default: %(default)s).",
+        help="online: closed loop at --concurrency; offline: all measured requests dispatched at once (default: %(default)s).",
     )
     p.add_argument(
         "--seed",
@@ -1035,15 +966,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--percentiles",
         default=DEFAULT_PERCENTILES,
-        help="Comma-separated percentiles in [0, 100] reported for ttft/tpot/itl/e2el "
-        "(default: %(default)s).",
+        help="Comma-separated percentiles in [0, 100] reported for ttft/tpot/itl/e2el (default: %(default)s).",
     )
     p.add_argument(
         "--request-timeout",
         type=float,
         default=600.0,
-        help="Total time allowed per request in seconds; a request over it fails "
-        "(default: %(default)s).",
+        help="Total time allowed per request in seconds; a request over it fails (default: %(default)s).",
     )
     p.add_argument(
         "--result-file",
@@ -1053,8 +982,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--label",
         default=None,
-        help="Free-text label saved in the result and used as X-Request-Id prefix "
-        "(default prefix: bench).",
+        help="Free-text label saved in the result and used as X-Request-Id prefix (default prefix: bench).",
     )
     return p
 
@@ -1077,10 +1005,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     if high <= low:
         parser.error("--token-id-range: HIGH must be > LOW")
     if high - low < a.warmup_requests + a.num_requests:
-        parser.error(
-            "--token-id-range holds fewer ids than warmup+num requests "
-            "(each request needs a distinct first token)"
-        )
+        parser.error("--token-id-range holds fewer ids than warmup+num requests (each request needs a distinct first token)")
     try:
         percentiles = [float(x) for x in a.percentiles.split(",") if x.strip()]
     except ValueError:
@@ -1129,9 +1054,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         write_json_atomic(cfg.result_file, result)
     except (OSError, TypeError, ValueError) as exc:
-        print(
-            f"benchmark_common: cannot write {cfg.result_file}: {exc}", file=sys.stderr
-        )
+        print(f"benchmark_common: cannot write {cfg.result_file}: {exc}", file=sys.stderr)
         return 1
     print(format_summary(result))
     print(f"result written to {cfg.result_file}")

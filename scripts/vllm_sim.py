@@ -223,9 +223,7 @@ class ConfigError(Exception):
 class RequestError(Exception):
     """A client error turned into vLLM's JSON error body."""
 
-    def __init__(
-        self, message: str, status: int = 400, err_type: str = "BadRequestError"
-    ) -> None:
+    def __init__(self, message: str, status: int = 400, err_type: str = "BadRequestError") -> None:
         super().__init__(message)
         self.message = message
         self.status = status
@@ -245,21 +243,15 @@ class Profile:
     decode_ms_per_step: float = 25.0
     decode_batch_slowdown: float = 0.04
     kv_bytes_per_token: int = 57344
-    bandwidth_gbps: dict[str, float] = field(
-        default_factory=lambda: {"tcp": 10.0, "efa": 100.0}
-    )
-    transfer_overhead_ms: dict[str, float] = field(
-        default_factory=lambda: {"tcp": 2.0, "efa": 0.3}
-    )
+    bandwidth_gbps: dict[str, float] = field(default_factory=lambda: {"tcp": 10.0, "efa": 100.0})
+    transfer_overhead_ms: dict[str, float] = field(default_factory=lambda: {"tcp": 2.0, "efa": 0.3})
     kv_lease_s: float = 30.0
     default_max_model_len: int = 32768
     time_scale: float = 1.0
 
     def prefill_s(self, tokens: int) -> float:
         """Simulated seconds for one prefill step computing ``tokens`` tokens."""
-        return (
-            self.prefill_overhead_ms / 1000.0 + tokens / self.prefill_tokens_per_s
-        ) * self.time_scale
+        return (self.prefill_overhead_ms / 1000.0 + tokens / self.prefill_tokens_per_s) * self.time_scale
 
     def decode_step_s(self, n_running: int) -> float:
         """Simulated seconds for one decode step over ``n_running`` sequences."""
@@ -269,20 +261,12 @@ class Profile:
 
 def _number(key: str, value: Any, *, positive: bool, integer: bool = False) -> float:
     """Validate one numeric profile value so a typo fails at startup, not mid-run."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-    ):
-        raise ConfigError(
-            f"--profile-json: {key} must be a finite number, got {value!r}"
-        )
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"--profile-json: {key} must be a finite number, got {value!r}")
     if integer and int(value) != value:
         raise ConfigError(f"--profile-json: {key} must be an integer, got {value!r}")
     if value < 0 or (positive and value == 0):
-        raise ConfigError(
-            f"--profile-json: {key} must be {'> 0' if positive else '>= 0'}, got {value!r}"
-        )
+        raise ConfigError(f"--profile-json: {key} must be {'> 0' if positive else '>= 0'}, got {value!r}")
     return int(value) if integer else float(value)
 
 
@@ -315,24 +299,16 @@ def parse_profile(text: str | None) -> Profile:
     known = {f for f in asdict(profile)}
     for key in data:
         if key not in known:
-            raise ConfigError(
-                f"--profile-json: unknown key {key!r} (known: {', '.join(sorted(known))})"
-            )
+            raise ConfigError(f"--profile-json: unknown key {key!r} (known: {', '.join(sorted(known))})")
     for key, value in data.items():
         if key in ("bandwidth_gbps", "transfer_overhead_ms"):
             if not isinstance(value, dict):
-                raise ConfigError(
-                    f"--profile-json: {key} must be an object keyed by transport"
-                )
+                raise ConfigError(f"--profile-json: {key} must be an object keyed by transport")
             merged = dict(getattr(profile, key))
             for transport, number in value.items():
                 if transport not in TRANSPORTS:
-                    raise ConfigError(
-                        f"--profile-json: unknown transport {transport!r} in {key}"
-                    )
-                merged[transport] = _number(
-                    f"{key}.{transport}", number, positive=key == "bandwidth_gbps"
-                )
+                    raise ConfigError(f"--profile-json: unknown transport {transport!r} in {key}")
+                merged[transport] = _number(f"{key}.{transport}", number, positive=key == "bandwidth_gbps")
             setattr(profile, key, merged)
         else:
             setattr(
@@ -362,9 +338,7 @@ def parse_fault(value: str | None) -> Fault:
     name, sep, arg = value.partition("=")
     if name == "crash_after" and sep and arg.isdigit():
         return Fault(crash_after=int(arg))
-    raise ConfigError(
-        f"DISAGG_SIM_FAULT: unknown value {value!r} (supported: crash_after=N)"
-    )
+    raise ConfigError(f"DISAGG_SIM_FAULT: unknown value {value!r} (supported: crash_after=N)")
 
 
 @dataclass
@@ -479,9 +453,7 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-model-len", type=_human_int, default=None)
-    p.add_argument(
-        "--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True
-    )
+    p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--kv-transfer-config", default=None)
     p.add_argument("--served-model-name", nargs="+", default=None)
     p.add_argument("--seed", type=int, default=None)
@@ -496,32 +468,21 @@ def _parse_kv(raw_json: str | None, dotted: dict[str, Any]) -> KVConfig | None:
         try:
             data = json.loads(raw_json)
         except json.JSONDecodeError as exc:
-            raise ConfigError(
-                f"argument --kv-transfer-config: invalid JSON value: {raw_json!r} ({exc})"
-            ) from exc
+            raise ConfigError(f"argument --kv-transfer-config: invalid JSON value: {raw_json!r} ({exc})") from exc
         if not isinstance(data, dict):
-            raise ConfigError(
-                f"argument --kv-transfer-config: expected a JSON object, got {raw_json!r}"
-            )
+            raise ConfigError(f"argument --kv-transfer-config: expected a JSON object, got {raw_json!r}")
     data = _deep_merge(data, dotted)
     if not data:
         return None
     connector = data.get("kv_connector")
     role = data.get("kv_role")
     if connector is not None and role is None:
-        raise ConfigError(
-            "Please specify kv_disagg_role when kv_connector is set, "
-            f"supported roles are {KV_ROLES}"
-        )
+        raise ConfigError(f"Please specify kv_role when kv_connector is set, supported roles are {KV_ROLES}")
     if role is not None and role not in KV_ROLES:
-        raise ConfigError(
-            f"Unsupported kv_role: {role}. Supported roles are {KV_ROLES}"
-        )
+        raise ConfigError(f"Unsupported kv_role: {role}. Supported roles are {KV_ROLES}")
     policy = data.get("kv_load_failure_policy", "fail")
     if policy not in FAILURE_POLICIES:
-        raise ConfigError(
-            f"Unsupported kv_load_failure_policy: {policy!r}. Supported: {FAILURE_POLICIES}"
-        )
+        raise ConfigError(f"Unsupported kv_load_failure_policy: {policy!r}. Supported: {FAILURE_POLICIES}")
     if connector is None:
         return None
     extra = data.get("kv_connector_extra_config") or {}
@@ -532,9 +493,7 @@ def _parse_kv(raw_json: str | None, dotted: dict[str, Any]) -> KVConfig | None:
         backends = [backends]
     if not isinstance(backends, list):
         raise ConfigError("kv_connector_extra_config.backends must be a list")
-    return KVConfig(
-        str(connector), str(role), str(policy), [str(b) for b in backends], data
-    )
+    return KVConfig(str(connector), str(role), str(policy), [str(b) for b in backends], data)
 
 
 def pick_transport(kv: KVConfig | None, env: dict[str, str]) -> str:
@@ -550,9 +509,7 @@ def pick_transport(kv: KVConfig | None, env: dict[str, str]) -> str:
 def parse_cli(argv: list[str], env: dict[str, str]) -> ServeConfig:
     """Parse ``[--profile-json J] serve MODEL [flags]`` into a ServeConfig."""
     top = argparse.ArgumentParser(prog="vllm_sim.py", allow_abbrev=False)
-    top.add_argument(
-        "--profile-json", default=None, help="timing profile (JSON object or @file)"
-    )
+    top.add_argument("--profile-json", default=None, help="timing profile (JSON object or @file)")
     top.add_argument("command", choices=["serve"])
     top.add_argument("rest", nargs=argparse.REMAINDER)
     ns = top.parse_args(argv)
@@ -566,30 +523,20 @@ def parse_cli(argv: list[str], env: dict[str, str]) -> ServeConfig:
     sargs, unknown = _serve_parser().parse_known_args(rest)
     model = model or sargs.model
     if not model:
-        raise ConfigError(
-            "vllm serve: error: the following arguments are required: model_tag"
-        )
+        raise ConfigError("vllm serve: error: the following arguments are required: model_tag")
     profile = parse_profile(ns.profile_json)
     kv = _parse_kv(sargs.kv_transfer_config, dotted)
     fault = parse_fault(env.get("DISAGG_SIM_FAULT"))
     max_model_len = sargs.max_model_len
     if max_model_len is None or max_model_len <= 0:
         max_model_len = profile.default_max_model_len
-    if (
-        sargs.block_size <= 0
-        or sargs.tensor_parallel_size <= 0
-        or sargs.max_num_seqs <= 0
-    ):
-        raise ConfigError(
-            "--block-size, --tensor-parallel-size and --max-num-seqs must be positive"
-        )
+    if sargs.block_size <= 0 or sargs.tensor_parallel_size <= 0 or sargs.max_num_seqs <= 0:
+        raise ConfigError("--block-size, --tensor-parallel-size and --max-num-seqs must be positive")
     port_text = env.get("VLLM_NIXL_SIDE_CHANNEL_PORT", "5600")
     try:
         side_port = int(port_text)
     except ValueError as exc:
-        raise ConfigError(
-            f"VLLM_NIXL_SIDE_CHANNEL_PORT must be an integer, got {port_text!r}"
-        ) from exc
+        raise ConfigError(f"VLLM_NIXL_SIDE_CHANNEL_PORT must be an integer, got {port_text!r}") from exc
     served = sargs.served_model_name[0] if sargs.served_model_name else model
     return ServeConfig(
         model=model,
@@ -664,18 +611,14 @@ class Histogram:
         running = 0
         for bound, n in zip((*self.bounds, math.inf), self.counts):
             running += n
-            out.append(
-                f"{self.name}_bucket{_labels({**labels, 'le': go_float(bound)})} {go_float(running)}"
-            )
+            out.append(f"{self.name}_bucket{_labels({**labels, 'le': go_float(bound)})} {go_float(running)}")
         lab = _labels(labels)
         out.append(f"{self.name}_count{lab} {go_float(self.count)}")
         out.append(f"{self.name}_sum{lab} {go_float(self.total)}")
         _render_created(out, self.name, self.doc, [labels], created)
 
 
-def _render_created(
-    out: list[str], name: str, doc: str, series: list[dict[str, str]], created: float
-) -> None:
+def _render_created(out: list[str], name: str, doc: str, series: list[dict[str, str]], created: float) -> None:
     out.append(f"# HELP {name}_created {doc}")
     out.append(f"# TYPE {name}_created gauge")
     for labels in series:
@@ -696,9 +639,7 @@ def _render_counter(
     _render_created(out, name, doc, [labels for labels, _ in series], created)
 
 
-def _render_gauge(
-    out: list[str], name: str, doc: str, labels: dict[str, str], value: float
-) -> None:
+def _render_gauge(out: list[str], name: str, doc: str, labels: dict[str, str], value: float) -> None:
     out.append(f"# HELP {name} {doc}")
     out.append(f"# TYPE {name} gauge")
     out.append(f"{name}{_labels(labels)} {go_float(value)}")
@@ -710,12 +651,8 @@ class Stats:
 
     prompt_tokens: int = 0
     generation_tokens: int = 0
-    finished: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(FINISH_REASONS, 0)
-    )
-    by_source: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(TOKEN_SOURCES, 0)
-    )
+    finished: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FINISH_REASONS, 0))
+    by_source: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_SOURCES, 0))
     prefix_queries: int = 0
     prefix_hits: int = 0
     nixl_failed_transfers: int = 0
@@ -883,11 +820,7 @@ class Engine:
             now = loop.time()
             if now - clock > MAX_CATCHUP_S:
                 clock = now
-            while (
-                self.waiting
-                and not self.waiting[0].needs_prefill
-                and len(self.running) < cap
-            ):
+            while self.waiting and not self.waiting[0].needs_prefill and len(self.running) < cap:
                 req = self.waiting.popleft()
                 req.t_scheduled = clock
                 self.running.append(req)
@@ -917,9 +850,7 @@ class Engine:
         finally:
             self.prefilling = None
         stats = self.stats
-        stats.prefix_queries += (
-            req.prompt_tokens if self.cfg.enable_prefix_caching else 0
-        )
+        stats.prefix_queries += req.prompt_tokens if self.cfg.enable_prefix_caching else 0
         stats.prefix_hits += cached
         if req.aborted:
             return end
@@ -994,9 +925,7 @@ class KVTransfer:
         self._next_block += n_blocks
         remote_id = f"{req.request_id}-0-{uuid.uuid4().hex[:8]}"
         now = asyncio.get_running_loop().time()
-        self.leases[remote_id] = Lease(
-            remote_id, block_ids, req.prompt_tokens, now + self.cfg.profile.kv_lease_s
-        )
+        self.leases[remote_id] = Lease(remote_id, block_ids, req.prompt_tokens, now + self.cfg.profile.kv_lease_s)
         return {
             "do_remote_prefill": True,
             "do_remote_decode": False,
@@ -1050,8 +979,7 @@ class KVTransfer:
         if msg.get("remote_engine_id") != self.engine_id:
             return error(
                 "engine_id_mismatch",
-                f"Remote NIXL agent engine ID mismatch. Expected {msg.get('remote_engine_id')}, "
-                f"received {self.engine_id}.",
+                f"Remote NIXL agent engine ID mismatch. Expected {msg.get('remote_engine_id')}, received {self.engine_id}.",
             )
         block_size = msg.get("block_size")
         if block_size is not None and block_size != self.cfg.block_size:
@@ -1089,9 +1017,7 @@ class KVTransfer:
             "block_size": self.cfg.block_size,
         }
 
-    async def serve_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One side-channel connection: newline-delimited JSON request/answer pairs."""
         try:
             while True:
@@ -1114,9 +1040,7 @@ class KVTransfer:
             writer.close()
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(
-            self.serve_connection, self.cfg.side_host, self.cfg.side_port
-        )
+        self.server = await asyncio.start_server(self.serve_connection, self.cfg.side_host, self.cfg.side_port)
 
     # ---- consumer side
     async def _fetch(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -1139,9 +1063,7 @@ class KVTransfer:
         try:
             writer.write(json.dumps(msg).encode() + b"\n")
             await writer.drain()
-            line = await asyncio.wait_for(
-                reader.readline(), timeout=SIDE_CHANNEL_TIMEOUT_S
-            )
+            line = await asyncio.wait_for(reader.readline(), timeout=SIDE_CHANNEL_TIMEOUT_S)
         finally:
             writer.close()
         if not line:
@@ -1189,9 +1111,7 @@ class KVTransfer:
         transport = self.cfg.transport
         nbytes = num_tokens * profile.kv_bytes_per_token
         overhead = profile.transfer_overhead_ms[transport] / 1000.0 * profile.time_scale
-        wire = (
-            nbytes * 8 / (profile.bandwidth_gbps[transport] * 1e9) * profile.time_scale
-        )
+        wire = nbytes * 8 / (profile.bandwidth_gbps[transport] * 1e9) * profile.time_scale
         now = loop.time()
         wire_start = max(now + overhead, self._link_free_at)
         done = wire_start + wire
@@ -1211,14 +1131,10 @@ class KVTransfer:
 
 def error_body(message: str, err_type: str, status: int) -> dict[str, Any]:
     """vLLM's error JSON shape."""
-    return {
-        "error": {"message": message, "type": err_type, "param": None, "code": status}
-    }
+    return {"error": {"message": message, "type": err_type, "param": None, "code": status}}
 
 
-def error_response(
-    message: str, err_type: str = "BadRequestError", status: int = 400
-) -> web.Response:
+def error_response(message: str, err_type: str = "BadRequestError", status: int = 400) -> web.Response:
     return web.json_response(error_body(message, err_type, status), status=status)
 
 
@@ -1245,26 +1161,18 @@ def prompt_units(body: dict[str, Any], chat: bool) -> list[Any]:
                         words.extend(part["text"].split())
         return words
     prompt = body.get("prompt")
-    if (
-        isinstance(prompt, list)
-        and len(prompt) == 1
-        and isinstance(prompt[0], (str, list))
-    ):
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]
     if isinstance(prompt, list):
         if not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            raise RequestError(
-                "the sim accepts one prompt per request: a string or a list of token ids"
-            )
+            raise RequestError("the sim accepts one prompt per request: a string or a list of token ids")
         return prompt
     if prompt is None:
         raise RequestError("prompt is required")
     return _count_text(prompt)
 
 
-def requested_max_tokens(
-    body: dict[str, Any], chat: bool, prompt_tokens: int, max_model_len: int
-) -> int:
+def requested_max_tokens(body: dict[str, Any], chat: bool, prompt_tokens: int, max_model_len: int) -> int:
     """vLLM defaults: 16 for completions, the rest of the context for chat."""
     value = body.get("max_completion_tokens") if chat else None
     if value is None:
@@ -1425,8 +1333,7 @@ class SimServer:
             _render_counter(
                 out,
                 "vllm:nixl_num_kv_expired_reqs",
-                "Number of requests that had their KV expire. "
-                "NOTE: This metric is tracked on the P instance.",
+                "Number of requests that had their KV expire. NOTE: This metric is tracked on the P instance.",
                 [(base, s.nixl_expired)],
                 s.created,
             )
@@ -1448,13 +1355,8 @@ class SimServer:
 
     def _crash_if_due(self, ordinal: int) -> None:
         """DISAGG_SIM_FAULT crash_after=N: die abruptly during the (N+1)-th request."""
-        if (
-            self.cfg.fault.crash_after is not None
-            and ordinal == self.cfg.fault.crash_after + 1
-        ):
-            LOG.error(
-                "DISAGG_SIM_FAULT: simulated crash while serving request #%d", ordinal
-            )
+        if self.cfg.fault.crash_after is not None and ordinal == self.cfg.fault.crash_after + 1:
+            LOG.error("DISAGG_SIM_FAULT: simulated crash while serving request #%d", ordinal)
             sys.stderr.flush()
             os._exit(70)
 
@@ -1472,17 +1374,13 @@ class SimServer:
             self.cfg.served_model_name,
             self.cfg.model,
         ):
-            return error_response(
-                f"The model `{model}` does not exist.", "NotFoundError", 404
-            )
+            return error_response(f"The model `{model}` does not exist.", "NotFoundError", 404)
         try:
             units = prompt_units(body, chat)
             n_prompt = len(units)
             if n_prompt == 0:
                 raise RequestError("The decoder prompt cannot be empty")
-            max_tokens = requested_max_tokens(
-                body, chat, n_prompt, self.cfg.max_model_len
-            )
+            max_tokens = requested_max_tokens(body, chat, n_prompt, self.cfg.max_model_len)
         except RequestError as exc:
             return error_response(exc.message, exc.err_type, exc.status)
         limit = self.cfg.max_model_len
@@ -1494,11 +1392,7 @@ class SimServer:
             )
         stream = bool(body.get("stream", False))
         stream_options = body.get("stream_options") or {}
-        include_usage = (
-            bool(stream_options.get("include_usage"))
-            if isinstance(stream_options, dict)
-            else False
-        )
+        include_usage = bool(stream_options.get("include_usage")) if isinstance(stream_options, dict) else False
         kv_in = body.get("kv_transfer_params") if self.kv is not None else None
         kv_in = kv_in if isinstance(kv_in, dict) else None
         remote_decode = kv_in is not None and kv_in.get("do_remote_decode") is True
@@ -1506,11 +1400,7 @@ class SimServer:
 
         base_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
         resp_id = f"{'chatcmpl' if chat else 'cmpl'}-{base_id}"
-        hashes = (
-            block_hash_chain(units, self.cfg.block_size)
-            if self.cfg.enable_prefix_caching
-            else []
-        )
+        hashes = block_hash_chain(units, self.cfg.block_size) if self.cfg.enable_prefix_caching else []
         req = SimRequest(resp_id, n_prompt, max_tokens, hashes, arrival)
         self.served_requests += 1
         ordinal = self.served_requests
@@ -1551,11 +1441,7 @@ class SimServer:
                 self._crash_if_due(ordinal)
                 while not req.finished and not req.aborted:
                     await req.wait_beyond(req.generated)
-                kv_out = (
-                    self.kv.create_lease(req)
-                    if (remote_decode and self.kv is not None)
-                    else None
-                )
+                kv_out = self.kv.create_lease(req) if (remote_decode and self.kv is not None) else None
                 result = web.json_response(self._full_body(req, chat, created, kv_out))
             self._log_finished(req, loop.time())
             return result
@@ -1585,9 +1471,7 @@ class SimServer:
         await resp.write_eof()
         return resp
 
-    def _full_body(
-        self, req: SimRequest, chat: bool, created: int, kv_out: dict[str, Any] | None
-    ) -> dict[str, Any]:
+    def _full_body(self, req: SimRequest, chat: bool, created: int, kv_out: dict[str, Any] | None) -> dict[str, Any]:
         text = TOKEN_TEXT * req.generated
         usage = {
             "prompt_tokens": req.prompt_tokens,
@@ -1636,9 +1520,7 @@ class SimServer:
             "kv_transfer_params": kv_out,
         }
 
-    def _frames(
-        self, req: SimRequest, chat: bool, created: int
-    ) -> tuple[bytes, bytes, bytes]:
+    def _frames(self, req: SimRequest, chat: bool, created: int) -> tuple[bytes, bytes, bytes]:
         """Pre-serialised SSE frames (middle token, last token, chat role) - one dumps per request."""
         head = {
             "id": req.request_id,
@@ -1648,9 +1530,7 @@ class SimServer:
         }
 
         def frame(choice: dict[str, Any]) -> bytes:
-            return (
-                b"data: " + json.dumps({**head, "choices": [choice]}).encode() + b"\n\n"
-            )
+            return b"data: " + json.dumps({**head, "choices": [choice]}).encode() + b"\n\n"
 
         def token_choice(finish: str | None) -> dict[str, Any]:
             if chat:
@@ -1730,11 +1610,7 @@ class SimServer:
         def ms(value: float | None) -> str:
             return "-" if value is None else f"{value * 1000:.1f}"
 
-        queue = (
-            None
-            if req.t_scheduled is None
-            else req.t_scheduled - req.arrival - req.xfer_s
-        )
+        queue = None if req.t_scheduled is None else req.t_scheduled - req.arrival - req.xfer_s
         ttft = None if req.t_first_token is None else req.t_first_token - req.arrival
         LOG.info(
             "Finished request %s: status=%s kv=%s prompt_tokens=%d cached_tokens=%d "
@@ -1766,9 +1642,7 @@ async def serve(cfg: ServeConfig) -> int:
     server = SimServer(cfg)
     startup = cfg.profile.startup_s * cfg.profile.time_scale
     t0 = time.monotonic()
-    if (
-        server.kv is not None
-    ):  # vLLM starts the NIXL handshake listener during engine init
+    if server.kv is not None:  # vLLM starts the NIXL handshake listener during engine init
         try:
             await server.kv.start()
         except OSError as exc:
@@ -1799,9 +1673,7 @@ async def serve(cfg: ServeConfig) -> int:
     server.engine_task = loop.create_task(server.engine.run())
     if server.kv is not None:
         server.background.append(loop.create_task(server.kv.sweep_leases()))
-    runner = web.AppRunner(
-        server.make_app(), access_log=None, handle_signals=False, shutdown_timeout=0.3
-    )
+    runner = web.AppRunner(server.make_app(), access_log=None, handle_signals=False, shutdown_timeout=0.3)
     await runner.setup()
     site = web.TCPSite(runner, cfg.host, cfg.port)
     try:
@@ -1811,9 +1683,7 @@ async def serve(cfg: ServeConfig) -> int:
         return 1
     LOG.info("Starting vLLM API server on http://%s:%d", cfg.host, cfg.port)
     waiter = loop.create_task(stop.wait())
-    await asyncio.wait(
-        [waiter, server.engine_task], return_when=asyncio.FIRST_COMPLETED
-    )
+    await asyncio.wait([waiter, server.engine_task], return_when=asyncio.FIRST_COMPLETED)
     code = 0
     if not waiter.done():
         LOG.error("Engine loop died: %r", server.engine_task.exception())
@@ -1844,9 +1714,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if cfg.ignored:
         LOG.info("Ignoring flags not simulated: %s", " ".join(cfg.ignored))
-    LOG.info(
-        "Simulation timing profile: %s", json.dumps(asdict(cfg.profile), sort_keys=True)
-    )
+    LOG.info("Simulation timing profile: %s", json.dumps(asdict(cfg.profile), sort_keys=True))
     LOG.info(
         "vllm serve (sim) model=%s served_model_name=%s tp=%d max_model_len=%d block_size=%d "
         "prefix_caching=%s max_num_seqs=%d max_num_batched_tokens=%s gpu_memory_utilization=%s seed=%s",
@@ -1863,8 +1731,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if cfg.kv is not None:
         LOG.info(
-            "KV transfer: connector=%s role=%s kv_load_failure_policy=%s backends=%s transport=%s "
-            "side_channel=%s:%d",
+            "KV transfer: connector=%s role=%s kv_load_failure_policy=%s backends=%s transport=%s side_channel=%s:%d",
             cfg.kv.connector,
             cfg.kv.role,
             cfg.kv.failure_policy,

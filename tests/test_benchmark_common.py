@@ -83,6 +83,7 @@ class FakeServer:
         self.records: dict[str, dict[str, Any]] = {}
         self.in_flight = 0
         self.max_in_flight = 0
+        self.generation = 0  # bumped by reset(); stale handlers stop counting
         self.port = 0
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -95,6 +96,7 @@ class FakeServer:
     def reset(self, **kwargs: Any) -> None:
         with self._lock:
             self.cfg = FakeConfig(**kwargs)
+            self.generation += 1
             self.records = {}
             self.in_flight = 0
             self.max_in_flight = 0
@@ -142,6 +144,7 @@ class FakeServer:
             "end": None,
         }
         with self._lock:
+            gen = self.generation
             self.records[rid] = rec
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -149,10 +152,13 @@ class FakeServer:
         def finish() -> None:
             # Called before the trailing usage/[DONE] bytes, so the server's
             # in-flight count can never exceed what the client really had.
+            # A handler still sleeping from an earlier test (stall) must not
+            # touch the counters of the current one.
             with self._lock:
                 if rec["end"] is None:
                     rec["end"] = time.perf_counter()
-                    self.in_flight -= 1
+                    if gen == self.generation:
+                        self.in_flight -= 1
 
         try:
             if idx in cfg.stall:
@@ -169,16 +175,8 @@ class FakeServer:
             for k in range(n_chunks):
                 if k:
                     await asyncio.sleep(cfg.itl_s)
-                text = (
-                    "x" * cfg.long_text_chars
-                    if k == 0 and cfg.long_text_chars
-                    else f" t{k}"
-                )
-                choice = (
-                    {"index": 0, "delta": {"content": text}}
-                    if chat
-                    else {"index": 0, "text": text}
-                )
+                text = "x" * cfg.long_text_chars if k == 0 and cfg.long_text_chars else f" t{k}"
+                choice = {"index": 0, "delta": {"content": text}} if chat else {"index": 0, "text": text}
                 # stamped before the write: the client may read the bytes
                 # before this coroutine resumes after write()
                 rec["writes"].append(time.perf_counter())
@@ -226,9 +224,7 @@ def procs() -> Any:
             p.wait(5)
 
 
-def run_cli(
-    procs: list[subprocess.Popen[str]], args: list[str], timeout: float = 20
-) -> tuple[int, str, str]:
+def run_cli(procs: list[subprocess.Popen[str]], args: list[str], timeout: float = 20) -> tuple[int, str, str]:
     p = subprocess.Popen(
         [sys.executable, str(SCRIPT), *args],
         stdout=subprocess.PIPE,
@@ -464,9 +460,7 @@ def test_percentile_key_naming() -> None:
 # --------------------------------------------------------------------------
 
 
-def test_ttft_itl_e2el_tpot_match_server_timing(
-    server: FakeServer, tmp_path: Path
-) -> None:
+def test_ttft_itl_e2el_tpot_match_server_timing(server: FakeServer, tmp_path: Path) -> None:
     ttft, itl, n = 0.08, 0.03, 5
     # tail_delay: usage + [DONE] arrive 150 ms after the last token; E2EL
     # must end at the last content event, not at [DONE].
@@ -499,9 +493,7 @@ def test_ttft_itl_e2el_tpot_match_server_timing(
     assert result["completed"] == 3 and result["failed"] == 0
 
 
-def test_online_closed_loop_bounded_at_concurrency(
-    server: FakeServer, tmp_path: Path
-) -> None:
+def test_online_closed_loop_bounded_at_concurrency(server: FakeServer, tmp_path: Path) -> None:
     server.reset(ttft_s=0.03, itl_s=0.01)
     cfg = make_cfg(server, tmp_path, concurrency=3, num_requests=12, max_tokens=3)
     run, result = run_inprocess(cfg)
@@ -531,9 +523,7 @@ def test_offline_sends_all_at_once(server: FakeServer, tmp_path: Path) -> None:
     assert result["measurement_type"] == "offline"
 
 
-def test_warmup_excluded_and_prompts_on_the_wire(
-    server: FakeServer, tmp_path: Path
-) -> None:
+def test_warmup_excluded_and_prompts_on_the_wire(server: FakeServer, tmp_path: Path) -> None:
     # Warmup requests are slow; if any leaked into the metrics, max TTFT shows it.
     server.reset(ttft_s=0.02, ttft_by_index={0: 0.3, 1: 0.3, 2: 0.3, 3: 0.3})
     cfg = make_cfg(
@@ -565,16 +555,12 @@ def test_warmup_excluded_and_prompts_on_the_wire(
     assert p["temperature"] == 0.0 and p["stream"] is True and p["ignore_eos"] is True
     assert p["stream_options"] == {"include_usage": True}
     assert {rid for rid in server.records} == {f"bench-{i}" for i in range(9)}
-    assert all(
-        rec["headers"]["X-Request-Id"] == rid for rid, rec in server.records.items()
-    )
+    assert all(rec["headers"]["X-Request-Id"] == rid for rid, rec in server.records.items())
     assert result["total_input_tokens"] == 5 * 40
     assert result["prompt_tokens_exact"] is True
 
 
-def test_failed_requests_counted_with_error_text(
-    server: FakeServer, tmp_path: Path
-) -> None:
+def test_failed_requests_counted_with_error_text(server: FakeServer, tmp_path: Path) -> None:
     server.reset(fail={1, 4}, disconnect={2}, stall={5}, stall_s=1.0)
     cfg = make_cfg(
         server,
@@ -589,10 +575,7 @@ def test_failed_requests_counted_with_error_text(
     by_index = {r["index"]: r for r in result["requests"]}
     for i in (1, 4):
         assert not by_index[i]["success"]
-        assert (
-            "HTTP 500" in by_index[i]["error"]
-            and "boom injected" in by_index[i]["error"]
-        )
+        assert "HTTP 500" in by_index[i]["error"] and "boom injected" in by_index[i]["error"]
         assert by_index[i]["http_status"] == 500 and by_index[i]["ttft_ms"] is None
     assert not by_index[2]["success"] and by_index[2]["error"]  # payload error
     assert not by_index[5]["success"] and "TimeoutError" in by_index[5]["error"]
@@ -604,9 +587,7 @@ def test_failed_requests_counted_with_error_text(
     assert result["total_input_tokens"] == 3 * 32
 
 
-def test_output_tokens_from_usage_and_fallback(
-    server: FakeServer, tmp_path: Path
-) -> None:
+def test_output_tokens_from_usage_and_fallback(server: FakeServer, tmp_path: Path) -> None:
     # 2 tokens per event: 3 events for 6 tokens; usage says 6.
     server.reset(tokens_per_chunk=2, itl_s=0.02)
     cfg = make_cfg(server, tmp_path, concurrency=2, num_requests=2, max_tokens=6)
@@ -614,9 +595,7 @@ def test_output_tokens_from_usage_and_fallback(
     for o, rec in zip(run.measured, result["requests"]):
         assert o.content_chunks == 3 and len(o.itl) == 2
         assert rec["output_tokens"] == 6 and rec["output_tokens_from_usage"]
-        assert rec["tpot_ms"] == pytest.approx(
-            (rec["e2el_ms"] - rec["ttft_ms"]) / 5, abs=0.01
-        )
+        assert rec["tpot_ms"] == pytest.approx((rec["e2el_ms"] - rec["ttft_ms"]) / 5, abs=0.01)
     assert result["total_output_tokens"] == 12 and result["output_tokens_mismatch"] == 0
     assert result["output_tokens_fallback"] == 0
     # Without usage: count of content events, flagged, and a mismatch.
@@ -745,9 +724,7 @@ RECORD_KEYS = {
 }
 
 
-def test_cli_end_to_end_writes_result(
-    server: FakeServer, tmp_path: Path, procs: list[Any]
-) -> None:
+def test_cli_end_to_end_writes_result(server: FakeServer, tmp_path: Path, procs: list[Any]) -> None:
     out = tmp_path / "res" / "out.json"
     args = cli_args(
         server,
@@ -768,24 +745,16 @@ def test_cli_end_to_end_writes_result(
     assert res["endpoint_type"] == "openai" and res["backend"] == "vllm"
     assert res["request_rate"] == "inf" and res["burstiness"] == 1.0
     assert res["label"] == "cli" and res["model_id"] == "fake-model"
-    assert (
-        res["num_prompts"] == 4
-        and res["completed"] == 4
-        and res["warmup_requests"] == 2
-    )
+    assert res["num_prompts"] == 4 and res["completed"] == 4 and res["warmup_requests"] == 2
     assert res["client"]["name"] == "benchmark_common"
     assert {"python", "aiohttp"} <= set(res["client"])
     assert all(RECORD_KEYS <= set(r) for r in res["requests"])
-    assert [r["x_request_id"] for r in res["requests"]] == [
-        f"cli-{i}" for i in range(2, 6)
-    ]
+    assert [r["x_request_id"] for r in res["requests"]] == [f"cli-{i}" for i in range(2, 6)]
     assert res["duration"] > 0 and res["request_throughput"] > 0
     assert [p.name for p in out.parent.iterdir()] == ["out.json"]
 
 
-def test_cli_failed_requests_still_exit_zero(
-    server: FakeServer, tmp_path: Path, procs: list[Any]
-) -> None:
+def test_cli_failed_requests_still_exit_zero(server: FakeServer, tmp_path: Path, procs: list[Any]) -> None:
     server.reset(fail={0, 1, 2})
     out = tmp_path / "out.json"
     rc, _, stderr = run_cli(procs, cli_args(server, out, num_requests=3))

@@ -1,0 +1,103 @@
+"""Shared fixtures: a throwaway copy of the project where Snakemake runs for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+PROJECT_ITEMS = ("Snakefile", "rules", "config", "plans", "templates", "scripts", "remote", "profiles", "disagglab")
+# Fast stand-in for tests: the same timing model, every duration scaled by 0.05.
+TEST_TIME_SCALE = 0.05
+
+
+@dataclass
+class Project:
+    root: Path
+
+    def snakemake(self, *args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        full_env = {**os.environ, **(env or {})}
+        full_env.pop("DISAGGLAB_CONFIG", None)
+        return subprocess.run([SNAKEMAKE, *args], cwd=self.root, capture_output=True, text=True, timeout=timeout, env=full_env, check=False)
+
+    def dry_run_jobs(self, target: str) -> dict[str, list[dict[str, str]]]:
+        """rule -> [{wildcards..., 'reason': ...}] from a real `snakemake -n`."""
+        out = self.snakemake("-n", target)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return parse_dry_run(out.stdout + out.stderr)
+
+    def plan(self, phase: str) -> dict:
+        return json.loads((self.root / "plans" / f"{phase}.json").read_text())
+
+    def write_plan(self, phase: str, doc: dict) -> None:
+        (self.root / "plans" / f"{phase}.json").write_text(json.dumps(doc, indent=2))
+
+    def result(self, phase: str, pattern: str) -> dict:
+        return json.loads((self.root / "results" / phase / "runs" / f"{pattern}.json").read_text())
+
+
+def parse_dry_run(text: str) -> dict[str, list[dict[str, str]]]:
+    jobs: dict[str, list[dict[str, str]]] = {}
+    current: dict[str, str] | None = None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if line.startswith(("rule ", "localrule ")) and stripped.endswith(":"):
+            current = {}
+            jobs.setdefault(stripped.split()[1].rstrip(":"), []).append(current)
+        elif current is not None and stripped.startswith("wildcards:"):
+            for part in stripped[len("wildcards:"):].split(","):
+                if "=" in part:
+                    k, v = part.strip().split("=", 1)
+                    current[k] = v
+        elif current is not None and stripped.startswith("reason:"):
+            current["reason"] = stripped[len("reason:"):].strip()
+    return jobs
+
+
+def make_project(dest: Path, time_scale: float = TEST_TIME_SCALE) -> Project:
+    dest.mkdir(parents=True, exist_ok=True)
+    for item in PROJECT_ITEMS:
+        src = ROOT / item
+        if src.is_dir():
+            shutil.copytree(src, dest / item, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(src, dest / item)
+    cfg = dest / "config" / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("\nsim:\n", f"\nsim:\n  time_scale: {time_scale}\n"))
+    return Project(dest)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    return make_project(tmp_path / "proj")
+
+
+def ledger_entries(root: Path) -> list[dict]:
+    """Every process the node runners recorded, across all local nodes and patterns."""
+    entries = []
+    for ledger in (root / "results" / ".local" / "nodes").glob("*/*/runs/*/procs.json"):
+        entries.extend(json.loads(ledger.read_text()))
+    return entries
+
+
+def alive_groups(entries: list[dict]) -> list[dict]:
+    alive = []
+    for e in entries:
+        try:
+            os.killpg(e["pgid"], 0)
+        except ProcessLookupError:
+            continue
+        # zombies (not yet reaped by init) do not hold ports or GPUs
+        stat = Path(f"/proc/{e['pid']}/stat")
+        if stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            continue
+        alive.append(e)
+    return alive

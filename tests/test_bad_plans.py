@@ -1,0 +1,152 @@
+"""A corpus of bad plans: each is rejected with file + JSON path + reason, before any job.
+
+Every case runs through the CLI validator and through a real Snakemake invocation, which
+must exit non-zero and leave nothing under results/.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, make_project
+
+BASE = json.loads((ROOT / "plans" / "phase14.json").read_text())
+BASE["phase"] = 99
+for _layer in BASE["layers"]:
+    for _pat in _layer["patterns"]:
+        _pat["id"] = _pat["id"].replace("p14-", "p99-")
+
+
+def mutate(fn: Callable[[dict], None]) -> str:
+    doc = copy.deepcopy(BASE)
+    fn(doc)
+    return json.dumps(doc, indent=2)
+
+
+def p0(doc: dict) -> dict:
+    return doc["layers"][0]["patterns"][0]
+
+
+def _set(path: list, value) -> Callable[[dict], None]:
+    def fn(doc: dict) -> None:
+        target = doc
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+    return fn
+
+
+def _del(path: list) -> Callable[[dict], None]:
+    def fn(doc: dict) -> None:
+        target = doc
+        for key in path[:-1]:
+            target = target[key]
+        del target[path[-1]]
+    return fn
+
+
+PAT = ["layers", 0, "patterns", 0]
+# (case name, plan text, expected JSON path, expected reason fragment)
+CASES: list[tuple[str, str, str, str]] = [
+    ("empty file", "", "", "file is empty"),
+    ("whitespace only", "   \n\t\n", "", "file is empty"),
+    ("invalid json", '{"phase": 99,\n "name": "x" "description": ""}', "line 2 column", "invalid JSON"),
+    ("truncated json", json.dumps(BASE)[:200], "line 1 column", "invalid JSON"),
+    ("top level array", "[]", "(top level)", "expected object"),
+    ("missing phase", mutate(_del(["phase"])), "phase", "required key is missing"),
+    ("missing infrastructure", mutate(_del(["infrastructure"])), "infrastructure", "required key is missing"),
+    ("missing model", mutate(_del(["infrastructure", "model"])), "infrastructure.model", "required key is missing"),
+    ("missing backend", mutate(_del([*PAT, "backend"])), "layers[0].patterns[0].backend", "required key is missing"),
+    ("missing prompt_tokens", mutate(_del([*PAT, "prompt_tokens"])), "layers[0].patterns[0].prompt_tokens", "required key is missing"),
+    ("unknown key typo", mutate(_set([*PAT, "concurency"], 2)), "layers[0].patterns[0].concurency", "unknown key 'concurency'"),
+    ("unknown top-level key", mutate(_set(["owner"], "me")), "owner", "unknown key 'owner'"),
+    ("unknown common key", mutate(_set(["common_settings", "max_token"], 5)), "common_settings.max_token", "unknown key"),
+    ("unknown infra key", mutate(_set(["infrastructure", "gpus"], 4)), "infrastructure.gpus", "unknown key"),
+    ("phase as string", mutate(_set(["phase"], "99")), "phase", "expected integer, got string"),
+    ("concurrency as bool", mutate(_set([*PAT, "concurrency"], True)), "layers[0].patterns[0].concurrency", "expected integer, got boolean"),
+    ("prompt_tokens as float", mutate(_set([*PAT, "prompt_tokens"], 1000.5)), "layers[0].patterns[0].prompt_tokens", "expected integer"),
+    ("concurrency zero", mutate(_set([*PAT, "concurrency"], 0)), "layers[0].patterns[0].concurrency", "less than the minimum of 1"),
+    ("negative prompt", mutate(_set([*PAT, "prompt_tokens"], -4)), "layers[0].patterns[0].prompt_tokens", "less than the minimum"),
+    ("gpu util zero", mutate(_set(["common_settings", "gpu_memory_utilization"], 0)), "common_settings.gpu_memory_utilization", "less than or equal to the minimum"),
+    ("gpu util above one", mutate(_set([*PAT, "gpu_memory_utilization"], 1.2)), "layers[0].patterns[0].gpu_memory_utilization", "greater than the maximum of 1"),
+    ("bad backend", mutate(_set([*PAT, "backend"], "rdma")), "layers[0].patterns[0].backend", "is not one of"),
+    ("bad measurement type", mutate(_set(["common_settings", "measurement_type"], "batch")), "common_settings.measurement_type", "is not one of"),
+    ("tp above gpus", mutate(_set(["infrastructure", "tp_size"], 8)), "infrastructure.tp_size", "exceeds gpu_count_per_node 4"),
+    ("single node with tcp", mutate(_set(["infrastructure", "node_count"], 1)), "infrastructure.node_count", "need two nodes"),
+    ("duplicate pattern id", mutate(lambda d: d["layers"][1]["patterns"][0].update(id=p0(d)["id"])), "layers[1].patterns[0].id", "duplicate pattern id"),
+    ("duplicate layer id", mutate(lambda d: d["layers"][1].update(id="L0")), "layers[1].id", "duplicate layer id"),
+    ("id without phase prefix", mutate(_set([*PAT, "id"], "p14-unified-1k-c1")), "layers[0].patterns[0].id", "must start with 'p99-'"),
+    ("id uppercase", mutate(_set([*PAT, "id"], "p99-L0-x")), "layers[0].patterns[0].id", "does not match"),
+    ("id with slash", mutate(_set([*PAT, "id"], "p99-../etc")), "layers[0].patterns[0].id", "does not match"),
+    ("id with shell metachar", mutate(_set([*PAT, "id"], "p99-x;rm -rf ~")), "layers[0].patterns[0].id", "does not match"),
+    ("id with command substitution", mutate(_set([*PAT, "id"], "p99-$(id)")), "layers[0].patterns[0].id", "does not match"),
+    ("layer id with space", mutate(_set(["layers", 0, "id"], "L 0")), "layers[0].id", "does not match"),
+    ("layer id with backtick", mutate(_set(["layers", 0, "id"], "L0`id`")), "layers[0].id", "does not match"),
+    ("model with semicolon", mutate(_set(["infrastructure", "model"], "Qwen/x; curl evil")), "infrastructure.model", "neither a model id"),
+    ("model with dollar", mutate(_set(["infrastructure", "model"], "$HOME/model")), "infrastructure.model", "neither a model id"),
+    ("model with dotdot", mutate(_set(["infrastructure", "model"], "/opt/../etc/passwd")), "infrastructure.model", "neither a model id"),
+    ("venv relative", mutate(_set(["infrastructure", "venv_path"], "venv/vllm")), "infrastructure.venv_path", "not an absolute path"),
+    ("venv with backtick", mutate(_set(["infrastructure", "venv_path"], "/opt/`reboot`")), "infrastructure.venv_path", "not an absolute path"),
+    ("venv with space", mutate(_set(["infrastructure", "venv_path"], "/opt/my venv")), "infrastructure.venv_path", "not an absolute path"),
+    ("max_model_len too small", mutate(_set([*PAT, "max_model_len"], 500)), "layers[0].patterns[0].max_model_len", "less than prompt_tokens + max_tokens"),
+    ("file stem mismatch", mutate(_set(["phase"], 98)), "phase", "file name stem must be 'phase98'"),
+    ("no layers", mutate(_set(["layers"], [])), "layers", "should be non-empty"),
+    ("layer without patterns", mutate(_set(["layers", 0, "patterns"], [])), "layers[0].patterns", "should be non-empty"),
+    ("bad priority", mutate(_set(["layers", 0, "priority"], "high")), "layers[0].priority", "does not match"),
+    ("bad vllm version", mutate(_set(["infrastructure", "vllm_version"], "latest")), "infrastructure.vllm_version", "does not match"),
+    ("prefix_cache as string", mutate(_set([*PAT, "prefix_cache"], "yes")), "layers[0].patterns[0].prefix_cache", "expected boolean"),
+]
+IDS = [c[0] for c in CASES]
+
+
+def test_corpus_is_large_enough() -> None:
+    assert len(CASES) >= 30
+
+
+@pytest.mark.parametrize(("name", "text", "path", "reason"), CASES, ids=IDS)
+def test_cli_rejects(tmp_path: Path, name: str, text: str, path: str, reason: str) -> None:
+    plan = tmp_path / "phase99.json"
+    plan.write_text(text)
+    out = subprocess.run([sys.executable, "-m", "disagglab", "validate", str(plan)], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert any(str(plan) in ln and path in ln and reason in ln for ln in lines), f"expected '{path}' and '{reason}' in:\n{out.stderr}"
+
+
+def test_all_problems_of_a_file_are_reported(tmp_path: Path) -> None:
+    def several(doc: dict) -> None:
+        p0(doc)["concurency"] = 2
+        doc["layers"][0]["patterns"][1]["backend"] = "rdma"
+        doc["infrastructure"]["tp_size"] = True
+    plan = tmp_path / "phase99.json"
+    plan.write_text(mutate(several))
+    out = subprocess.run([sys.executable, "-m", "disagglab", "validate", str(plan)], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert out.returncode == 2
+    for fragment in ("patterns[0].concurency", "patterns[1].backend", "infrastructure.tp_size"):
+        assert fragment in out.stderr
+
+
+@pytest.fixture(scope="module")
+def bad_project(tmp_path_factory: pytest.TempPathFactory):
+    return make_project(tmp_path_factory.mktemp("bad") / "proj")
+
+
+@pytest.mark.parametrize(("name", "text", "path", "reason"), CASES, ids=IDS)
+def test_snakemake_stops_before_any_job(bad_project, name: str, text: str, path: str, reason: str) -> None:
+    plan = bad_project.root / "plans" / "phase99.json"
+    plan.write_text(text)
+    try:
+        out = bad_project.snakemake("results/phase99/L0.done")
+    finally:
+        plan.unlink()
+    assert out.returncode != 0
+    log = out.stdout + out.stderr
+    assert "plans/phase99.json" in log and path in log and reason in log, log[-3000:]
+    assert not (bad_project.root / "results").exists(), "a rejected plan must write nothing under results/"

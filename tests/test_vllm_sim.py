@@ -1,0 +1,731 @@
+"""Tests for scripts/vllm_sim.py, the GPU-free stand-in for ``vllm serve``.
+
+Every test drives the real script as a subprocess (in its own process group,
+bound to 127.0.0.1 on free ephemeral ports), because that is how the pipeline
+uses it: a wrong flag, a missing metric or a hung shutdown only shows up in a
+real process.  Servers are shared per module where the tests do not disturb
+each other, to keep the whole file well under a minute on two cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "vllm_sim.py"
+HOST = "127.0.0.1"
+MODEL = "sim/test-model"
+
+# Plain (no KV connector) server profile: fast but with known, measurable timings.
+PLAIN_PROFILE = {
+    "startup_s": 0.6,
+    "prefill_tokens_per_s": 20000.0,
+    "prefill_overhead_ms": 2.0,
+    "decode_ms_per_step": 5.0,
+    "decode_batch_slowdown": 0.01,
+    "time_scale": 1.0,
+}
+# P/D profile: transfers are slow enough to be measured (10 kB per token).
+PD_PROFILE = {
+    "startup_s": 0.1,
+    "prefill_tokens_per_s": 50000.0,
+    "prefill_overhead_ms": 1.0,
+    "decode_ms_per_step": 2.0,
+    "kv_bytes_per_token": 10000,
+    "bandwidth_gbps": {"tcp": 1.0, "efa": 0.8},
+    "transfer_overhead_ms": {"tcp": 5.0, "efa": 50.0},
+    "kv_lease_s": 0.6,
+}
+
+
+def free_port() -> int:
+    """A currently free TCP port on 127.0.0.1 (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Sim:
+    """A running simulator process and what a test needs to talk to it."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    side_port: int | None = None
+    started_at: float = 0.0
+    refused_before_ready: int = 0
+    ready_at: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def spawn(
+    tmp: Path,
+    name: str,
+    profile: dict[str, Any] | None,
+    flags: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    side_port: int | None = None,
+) -> Sim:
+    """Start the script in its own session (process group); output goes to a file."""
+    port = free_port()
+    argv = [sys.executable, str(SCRIPT)]
+    if profile is not None:
+        argv += ["--profile-json", json.dumps(profile)]
+    argv += ["serve", MODEL, "--host", HOST, "--port", str(port), *(flags or [])]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_", "FI_", "DISAGG_SIM"))}
+    full_env["PYTHONDONTWRITEBYTECODE"] = "1"
+    if side_port is not None:
+        full_env["VLLM_NIXL_SIDE_CHANNEL_HOST"] = HOST
+        full_env["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(side_port)
+    full_env.update(env or {})
+    log_path = tmp / f"{name}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            start_new_session=True,
+        )
+    return Sim(proc, port, log_path, side_port=side_port, started_at=time.monotonic())
+
+
+def wait_ready(sim: Sim, timeout: float = 20.0) -> Sim:
+    """Poll the port until /health answers 200; count refusals seen before that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sim.proc.poll() is not None:
+            raise AssertionError(f"sim exited with {sim.proc.returncode}:\n{sim.log()}")
+        try:
+            with socket.create_connection((HOST, sim.port), timeout=0.5):
+                pass
+        except OSError:
+            sim.refused_before_ready += 1
+            time.sleep(0.02)
+            continue
+        response = httpx.get(sim.url + "/health", timeout=5.0, trust_env=False)
+        if response.status_code == 200:
+            sim.ready_at = time.monotonic()
+            return sim
+        time.sleep(0.02)
+    raise AssertionError(f"sim not ready after {timeout} s:\n{sim.log()}")
+
+
+def stop(sim: Sim) -> None:
+    """Kill the whole process group; never leave a process behind."""
+    if sim.proc.poll() is None:
+        try:
+            os.killpg(sim.proc.pid, signal.SIGTERM)
+            sim.proc.wait(timeout=3)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+    try:
+        os.killpg(sim.proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    sim.proc.wait(timeout=5)
+
+
+def client() -> httpx.Client:
+    return httpx.Client(timeout=30.0, trust_env=False)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of one metric name whose labels include ``labels``."""
+    total = 0.0
+    found = False
+    pattern = re.compile(r"^" + re.escape(name) + r"(\{[^}]*\})? (\S+)$", re.M)
+    for match in pattern.finditer(text):
+        label_text = match.group(1) or ""
+        if all(f'{k}="{v}"' in label_text for k, v in labels.items()):
+            total += float(match.group(2))
+            found = True
+    assert found, f"metric {name} {labels} not found"
+    return total
+
+
+def metrics(sim: Sim) -> str:
+    response = httpx.get(sim.url + "/metrics", timeout=10.0, trust_env=False)
+    assert response.status_code == 200
+    return response.text
+
+
+def sse_events(lines: list[str]) -> list[str]:
+    return [line[len("data: ") :] for line in lines if line.startswith("data: ")]
+
+
+def stream_completion(
+    sim: Sim, payload: dict[str, Any], path: str = "/v1/completions"
+) -> tuple[list[str], list[float], float, httpx.Headers]:
+    """POST a streaming request; return SSE data payloads, their arrival times, t0."""
+    events: list[str] = []
+    times: list[float] = []
+    with client() as http:
+        t0 = time.monotonic()
+        with http.stream("POST", sim.url + path, json=payload) as response:
+            assert response.status_code == 200, response.read()
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line[len("data: ") :])
+                    times.append(time.monotonic())
+            headers = response.headers
+    return events, times, t0, headers
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("vllm_sim")
+
+
+@pytest.fixture(scope="module")
+def plain(workdir: Path) -> Iterator[Sim]:
+    """A unified server without KV connector (startup_s 0.6 s, real time)."""
+    sim = spawn(
+        workdir,
+        "plain",
+        PLAIN_PROFILE,
+        ["--max-model-len", "8192", "--enforce-eager", "--dtype", "bfloat16"],
+    )
+    try:
+        yield wait_ready(sim)
+    finally:
+        stop(sim)
+
+
+@pytest.fixture(scope="module")
+def pd(workdir: Path) -> Iterator[dict[str, Sim]]:
+    """One producer and two consumers (policies fail / recompute), started together."""
+    kv_p = {"kv_connector": "NixlConnector", "kv_role": "kv_producer"}
+    kv_d = {
+        "kv_connector": "NixlConnector",
+        "kv_role": "kv_consumer",
+        "kv_connector_extra_config": {"backends": ["LIBFABRIC"]},
+    }
+    sims: dict[str, Sim] = {}
+    try:
+        sims["P"] = spawn(
+            workdir,
+            "producer",
+            PD_PROFILE,
+            ["--kv-transfer-config", json.dumps(kv_p)],
+            side_port=free_port(),
+        )
+        sims["D"] = spawn(
+            workdir,
+            "consumer",
+            PD_PROFILE,
+            ["--kv-transfer-config", json.dumps(kv_d)],
+            env={"FI_PROVIDER": "efa"},
+            side_port=free_port(),
+        )
+        # The recompute consumer uses vLLM's dotted --kv-transfer-config form.
+        sims["R"] = spawn(
+            workdir,
+            "consumer-recompute",
+            PD_PROFILE,
+            [
+                "--kv-transfer-config.kv_connector",
+                "NixlConnector",
+                "--kv-transfer-config.kv_role",
+                "kv_consumer",
+                "--kv-transfer-config.kv_load_failure_policy",
+                "recompute",
+            ],
+            side_port=free_port(),
+        )
+        for sim in sims.values():
+            wait_ready(sim)
+        yield sims
+    finally:
+        for sim in sims.values():
+            stop(sim)
+
+
+def prefill_on_p(p: Sim, prompt: list[int]) -> dict[str, Any]:
+    """What the proxy does first: a one-token, non-streaming do_remote_decode request."""
+    body = {
+        "model": MODEL,
+        "prompt": prompt,
+        "max_tokens": 1,
+        "stream": False,
+        "kv_transfer_params": {
+            "do_remote_decode": True,
+            "do_remote_prefill": False,
+            "remote_engine_id": None,
+            "remote_block_ids": None,
+            "remote_host": None,
+            "remote_port": None,
+        },
+    }
+    with client() as http:
+        response = http.post(p.url + "/v1/completions", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def decode_body(prompt: list[int], params: dict[str, Any] | None, **kw: Any) -> dict:
+    body: dict[str, Any] = {"model": MODEL, "prompt": prompt, "max_tokens": 4, **kw}
+    if params is not None:
+        body["kv_transfer_params"] = params
+    return body
+
+
+# --------------------------------------------------------------------------- plain server
+
+
+def test_startup_delay_then_ready_and_models(plain: Sim) -> None:
+    # The port must refuse connections during the simulated engine start-up...
+    assert plain.refused_before_ready > 0
+    assert plain.ready_at - plain.started_at >= PLAIN_PROFILE["startup_s"]
+    # ...and then serve vLLM's endpoints.
+    with client() as http:
+        health = http.get(plain.url + "/health")
+        models = http.get(plain.url + "/v1/models").json()
+        version = http.get(plain.url + "/version").json()
+    assert health.status_code == 200 and health.content == b""
+    assert models["object"] == "list"
+    card = models["data"][0]
+    assert card["id"] == MODEL and card["object"] == "model"
+    assert card["owned_by"] == "vllm" and card["max_model_len"] == 8192
+    assert version["version"] == "sim" and version["simulated"] is True
+    assert version["kv_transport"] is None
+    log = plain.log()
+    assert "Ignoring flags not simulated: --enforce-eager --dtype bfloat16" in log
+    assert f"Starting vLLM API server on http://{HOST}:{plain.port}" in log
+    profile_line = next(x for x in log.splitlines() if "timing profile:" in x)
+    assert json.loads(profile_line.split("timing profile: ", 1)[1])["decode_ms_per_step"] == 5.0
+
+
+def test_streaming_chunks_usage_and_done(plain: Sim) -> None:
+    payload = {
+        "model": MODEL,
+        "prompt": "one two three four five",
+        "max_tokens": 7,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "ignore_eos": True,
+        "temperature": 0.0,
+    }
+    events, _, _, headers = stream_completion(plain, payload)
+    assert headers["content-type"].startswith("text/event-stream")
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    tokens, usage = chunks[:-1], chunks[-1]
+    assert len(tokens) == 7
+    for i, chunk in enumerate(tokens):
+        assert re.fullmatch(r"cmpl-[0-9a-f]+", chunk["id"])
+        assert chunk["object"] == "text_completion"
+        assert chunk["model"] == MODEL and isinstance(chunk["created"], int)
+        (choice,) = chunk["choices"]
+        assert choice["index"] == 0 and choice["text"]
+        assert choice["logprobs"] is None and choice["stop_reason"] is None
+        assert choice["finish_reason"] == ("length" if i == 6 else None)
+    assert len({c["id"] for c in chunks}) == 1
+    assert usage["choices"] == []
+    assert usage["usage"] == {
+        "prompt_tokens": 5,
+        "completion_tokens": 7,
+        "total_tokens": 12,
+    }
+
+
+def test_chat_stream_and_non_streaming_shapes(plain: Sim) -> None:
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "hello there sim"}]},
+    ]
+    events, _, _, _ = stream_completion(
+        plain,
+        {
+            "model": MODEL,
+            "messages": messages,
+            "max_completion_tokens": 3,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+        path="/v1/chat/completions",
+    )
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[0]["object"] == "chat.completion.chunk"
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    content = [c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
+    assert len(content) == 3
+    assert content[-1]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-1]["usage"]["prompt_tokens"] == 5  # 2 + 3 words
+    assert chunks[-1]["usage"]["completion_tokens"] == 3
+    with client() as http:
+        chat = http.post(
+            plain.url + "/v1/chat/completions",
+            json={"model": MODEL, "messages": messages, "max_tokens": 4},
+        ).json()
+        comp = http.post(
+            plain.url + "/v1/completions",
+            json={"model": MODEL, "prompt": list(range(100, 140)), "max_tokens": 9},
+        ).json()
+    assert chat["object"] == "chat.completion"
+    assert chat["choices"][0]["message"]["role"] == "assistant"
+    assert chat["usage"]["completion_tokens"] == 4
+    assert comp["object"] == "text_completion" and comp["id"].startswith("cmpl-")
+    assert comp["choices"][0]["finish_reason"] == "length"
+    assert comp["usage"] == {
+        "prompt_tokens": 40,
+        "completion_tokens": 9,
+        "total_tokens": 49,
+        "prompt_tokens_details": None,
+    }
+    assert comp["kv_transfer_params"] is None  # no connector configured
+
+
+def test_max_model_len_rejection_and_bad_requests(plain: Sim) -> None:
+    with client() as http:
+        too_long = http.post(
+            plain.url + "/v1/completions",
+            json={"model": MODEL, "prompt": [5] * 8000, "max_tokens": 200},
+        )
+        fits = http.post(
+            plain.url + "/v1/completions",
+            json={"model": MODEL, "prompt": [5] * 8000, "max_tokens": 192},
+        )
+        wrong_model = http.post(plain.url + "/v1/completions", json={"model": "other", "prompt": "x"})
+        zero = http.post(
+            plain.url + "/v1/completions",
+            json={"model": MODEL, "prompt": "x", "max_tokens": 0},
+        )
+    assert too_long.status_code == 400
+    error = too_long.json()["error"]
+    assert error["type"] == "BadRequestError" and error["code"] == 400
+    assert error["param"] is None
+    assert "maximum context length is 8192 tokens" in error["message"]
+    assert "you requested 8200 tokens (8000 in the messages, 200 in the completion)" in (error["message"])
+    assert fits.status_code == 200
+    assert wrong_model.status_code == 404
+    assert zero.status_code == 400
+
+
+def test_timing_model_and_prefix_cache(plain: Sim) -> None:
+    """TTFT = prefill time; token gaps = decode step; a repeated prompt hits the cache."""
+    prompt = list(range(1000, 5000))  # 4000 tokens, 250 full blocks
+    payload = {"model": MODEL, "prompt": prompt, "max_tokens": 41, "stream": True}
+    events, times, t0, _ = stream_completion(plain, payload)
+    assert len(events) == 42  # 41 tokens + [DONE]
+    predicted_prefill = 0.002 + 4000 / 20000.0  # 0.202 s
+    ttft = times[0] - t0
+    assert predicted_prefill * 0.97 <= ttft <= predicted_prefill + 0.12
+    decode_span = times[40] - times[0]  # 40 decode steps of 5 ms, batch of one
+    assert 40 * 0.005 * 0.95 <= decode_span <= 40 * 0.005 + 0.1
+
+    # Same prompt again: all but the last token come from the prefix cache.
+    events2, times2, t02, _ = stream_completion(plain, {**payload, "max_tokens": 1})
+    assert len(events2) == 2
+    assert times2[0] - t02 < predicted_prefill / 2
+    text = metrics(plain)
+    assert metric(text, "vllm:prefix_cache_hits_total") >= 3999
+    assert metric(text, "vllm:prompt_tokens_by_source_total", source="local_cache_hit") >= 3999
+
+
+def test_metrics_exposition_format(plain: Sim) -> None:
+    text = metrics(plain)
+    assert "# TYPE vllm:num_requests_running gauge" in text
+    assert "# TYPE vllm:prompt_tokens_total counter" in text
+    assert "# TYPE vllm:request_success_created gauge" in text
+    line = re.search(r"^vllm:num_requests_running(\{.*\}) ", text, re.M)
+    assert line is not None
+    assert line.group(1) == f'{{engine="0",model_name="{MODEL}"}}'
+    assert metric(text, "vllm:generation_tokens_total") > 0
+    assert metric(text, "vllm:request_success_total", finished_reason="length") >= 1
+    assert metric(text, "vllm:num_requests_waiting") == 0
+    # NIXL families exist only when a connector is configured (as in vLLM).
+    assert "vllm:nixl_" not in text
+
+
+def test_concurrent_streams_cost_little_cpu(plain: Sim) -> None:
+    """64 concurrent streams at 5 ms/step: every token arrives and server CPU stays low."""
+    n_streams, n_tokens = 64, 60
+
+    def cpu_seconds(pid: int) -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    async def one(session: aiohttp.ClientSession, i: int) -> int:
+        payload = {
+            "model": MODEL,
+            "prompt": [7, i, 9, 11],
+            "max_tokens": n_tokens,
+            "stream": True,
+        }
+        count = 0
+        async with session.post(plain.url + "/v1/completions", json=payload) as resp:
+            async for raw in resp.content:
+                if raw.startswith(b"data: {"):
+                    count += 1
+        return count
+
+    async def run() -> list[int]:
+        connector = aiohttp.TCPConnector(limit=n_streams)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            return await asyncio.gather(*(one(session, i) for i in range(n_streams)))
+
+    cpu0 = cpu_seconds(plain.proc.pid)
+    t0 = time.monotonic()
+    counts = asyncio.run(run())
+    wall = time.monotonic() - t0
+    cpu = cpu_seconds(plain.proc.pid) - cpu0
+    assert counts == [n_tokens] * n_streams
+    step = 0.005 * (1 + 0.01 * (n_streams - 1))
+    predicted = n_streams * (0.002 + 4 / 20000) + (n_tokens - 1) * step
+    assert wall < predicted * 2.5 + 0.5, (wall, predicted)
+    per_token_us = cpu / (n_streams * n_tokens) * 1e6
+    assert per_token_us < 150, f"{per_token_us:.0f} us of server CPU per streamed token"
+
+
+# --------------------------------------------------------------------------- P/D
+
+
+def test_producer_consumer_round_trip(pd: dict[str, Sim]) -> None:
+    p, d = pd["P"], pd["D"]
+    with client() as http:
+        version_p = http.get(p.url + "/version").json()
+        version_d = http.get(d.url + "/version").json()
+    assert version_p["kv_transport"] == "tcp"
+    assert version_d["kv_transport"] == "efa"  # LIBFABRIC + FI_PROVIDER=efa
+    before = metrics(d)
+    prompt = list(range(3000, 4000))  # 1000 tokens -> 63 blocks of 16
+    answer = prefill_on_p(p, prompt)
+    params = answer["kv_transfer_params"]
+    assert answer["usage"]["completion_tokens"] == 1
+    assert params["do_remote_prefill"] is True
+    assert params["do_remote_decode"] is False
+    block_ids = params["remote_block_ids"]
+    assert len(block_ids) == 63 and len(set(block_ids)) == 63  # ceil(1000 / 16)
+    assert all(isinstance(b, int) for b in block_ids)
+    assert params["remote_engine_id"] == version_p["engine_id"]
+    assert isinstance(params["remote_request_id"], str) and params["remote_request_id"]
+    assert params["remote_host"] == HOST and params["remote_port"] == p.side_port
+    assert params["tp_size"] == 1
+
+    payload = decode_body(prompt, params, stream=True, stream_options={"include_usage": True})
+    events, times, t0, _ = stream_completion(d, payload)
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["usage"]["completion_tokens"] == 4
+    # efa transfer: 50 ms overhead + 1000*10000*8 bit / 0.8 Gbit/s = 0.15 s
+    predicted_xfer = 0.05 + 1000 * 10000 * 8 / 0.8e9
+    assert times[0] - t0 >= predicted_xfer
+    after = metrics(d)
+    count = "vllm:nixl_xfer_time_seconds_count"
+    assert metric(after, count) - metric(before, count) == 1
+    xfer_sum = metric(after, "vllm:nixl_xfer_time_seconds_sum") - metric(before, "vllm:nixl_xfer_time_seconds_sum")
+    assert math.isclose(xfer_sum, predicted_xfer, rel_tol=0.05)
+    bytes_sum = metric(after, "vllm:nixl_bytes_transferred_sum") - metric(before, "vllm:nixl_bytes_transferred_sum")
+    assert bytes_sum == 1000 * 10000
+    assert metric(after, "vllm:nixl_num_failed_transfers_total") == 0
+    ext = "vllm:prompt_tokens_by_source_total"
+    assert metric(after, ext, source="external_kv_transfer") - metric(before, ext, source="external_kv_transfer") == 1000
+    assert metric(after, "vllm:nixl_xfer_time_seconds_bucket", le="+Inf") >= 1
+
+    # The lease was consumed: reusing the same params is an error answer -> 500.
+    with client() as http:
+        again = http.post(d.url + "/v1/completions", json=decode_body(prompt, params))
+    assert again.status_code == 500
+    assert again.json()["error"]["code"] == 500
+    assert "unknown_request" in again.json()["error"]["message"]
+    assert metric(metrics(d), "vllm:nixl_num_failed_transfers_total") == 1
+
+
+def test_wrong_side_channel_port_fails_with_policy_fail(pd: dict[str, Sim]) -> None:
+    p, d = pd["P"], pd["D"]
+    prompt = list(range(20, 120))
+    params = prefill_on_p(p, prompt)["kv_transfer_params"]
+    failed0 = metric(metrics(d), "vllm:nixl_num_failed_transfers_total")
+    xfers0 = metric(metrics(d), "vllm:nixl_xfer_time_seconds_count")
+    bad = {**params, "remote_port": free_port()}  # nothing listens there
+    with client() as http:
+        response = http.post(d.url + "/v1/completions", json=decode_body(prompt, bad))
+    assert response.status_code == 500
+    assert response.json()["error"]["type"] == "InternalServerError"
+    # Streaming: the SSE headers are already out, so the error is an SSE event.
+    events, _, _, _ = stream_completion(d, decode_body(prompt, bad, stream=True))
+    assert json.loads(events[0])["error"]["code"] == 500 and events[-1] == "[DONE]"
+    # A wrong engine id is refused by P's side channel.
+    wrong_engine = {**params, "remote_engine_id": "not-the-producer"}
+    with client() as http:
+        mismatch = http.post(d.url + "/v1/completions", json=decode_body(prompt, wrong_engine))
+    assert mismatch.status_code == 500
+    assert "engine ID mismatch" in mismatch.json()["error"]["message"]
+    text = metrics(d)
+    assert metric(text, "vllm:nixl_num_failed_transfers_total") == failed0 + 3
+    assert metric(text, "vllm:nixl_xfer_time_seconds_count") == xfers0
+    # Failed fetches did not free P's blocks: the right params still work.
+    with client() as http:
+        good = http.post(d.url + "/v1/completions", json=decode_body(prompt, params))
+    assert good.status_code == 200
+    assert metric(metrics(d), "vllm:nixl_xfer_time_seconds_count") == xfers0 + 1
+
+
+def test_recompute_policy_prefills_locally(pd: dict[str, Sim]) -> None:
+    r = pd["R"]
+    prompt = list(range(500, 600))
+    bad = {
+        "do_remote_prefill": True,
+        "do_remote_decode": False,
+        "remote_block_ids": [1, 2],
+        "remote_engine_id": "gone",
+        "remote_request_id": "gone-0",
+        "remote_host": HOST,
+        "remote_port": free_port(),
+        "tp_size": 1,
+    }
+    with client() as http:
+        response = http.post(r.url + "/v1/completions", json=decode_body(prompt, bad))
+    assert response.status_code == 200
+    assert response.json()["usage"]["completion_tokens"] == 4
+    text = metrics(r)
+    assert metric(text, "vllm:nixl_num_failed_transfers_total") == 1
+    assert metric(text, "vllm:nixl_xfer_time_seconds_count") == 0
+    assert metric(text, "vllm:prompt_tokens_by_source_total", source="local_compute") == 100
+
+
+def test_request_without_params_counts_no_transfer(pd: dict[str, Sim]) -> None:
+    d = pd["D"]
+    before = metrics(d)
+    with client() as http:
+        response = http.post(d.url + "/v1/completions", json=decode_body(list(range(9000, 9050)), None))
+    assert response.status_code == 200
+    after = metrics(d)
+    for name in (
+        "vllm:nixl_xfer_time_seconds_count",
+        "vllm:nixl_num_failed_transfers_total",
+    ):
+        assert metric(after, name) == metric(before, name)
+    local = "vllm:prompt_tokens_by_source_total"
+    assert metric(after, local, source="local_compute") - metric(before, local, source="local_compute") == 50
+
+
+def test_unread_kv_expires_on_producer(pd: dict[str, Sim]) -> None:
+    p, d = pd["P"], pd["D"]
+    prompt = list(range(7000, 7032))
+    expired0 = metric(metrics(p), "vllm:nixl_num_kv_expired_reqs_total")
+    params = prefill_on_p(p, prompt)["kv_transfer_params"]
+    time.sleep(PD_PROFILE["kv_lease_s"] + 0.5)  # lease is wall-clock, not scaled
+    with client() as http:
+        response = http.post(d.url + "/v1/completions", json=decode_body(prompt, params))
+    assert response.status_code == 500
+    assert "expired" in response.json()["error"]["message"]
+    text = metrics(p)
+    assert metric(text, "vllm:nixl_num_kv_expired_reqs_total") == expired0 + 1
+    assert metric(text, "vllm:nixl_num_notifications_after_expiry_total") >= 1
+
+
+# --------------------------------------------------------------------------- process behaviour
+
+
+def test_fault_crash_after_kills_process_mid_stream(workdir: Path) -> None:
+    sim = spawn(
+        workdir,
+        "crash",
+        {**PLAIN_PROFILE, "startup_s": 0.0},
+        env={"DISAGG_SIM_FAULT": "crash_after=1"},
+    )
+    try:
+        wait_ready(sim)
+        payload = {"model": MODEL, "prompt": "a b c", "max_tokens": 20, "stream": True}
+        events, _, _, _ = stream_completion(sim, payload)
+        assert events[-1] == "[DONE]" and len(events) == 21  # request 1 is fine
+        received: list[str] = []
+        with pytest.raises(httpx.HTTPError):
+            with client() as http:
+                with http.stream("POST", sim.url + "/v1/completions", json=payload) as resp:
+                    for line in resp.iter_lines():
+                        if line.startswith("data: "):
+                            received.append(line)
+        assert len(received) == 1  # exactly the first token got out
+        assert sim.proc.wait(timeout=5) == 70
+    finally:
+        stop(sim)
+
+
+def test_sigterm_exits_zero_quickly_even_mid_stream(workdir: Path) -> None:
+    sim = spawn(workdir, "sigterm", {**PLAIN_PROFILE, "startup_s": 0.0, "decode_ms_per_step": 50})
+    try:
+        wait_ready(sim)
+
+        async def hold_stream() -> None:
+            payload = {"model": MODEL, "prompt": "x y", "max_tokens": 500, "stream": True}
+            async with aiohttp.ClientSession() as session:
+                async with session.post(sim.url + "/v1/completions", json=payload) as resp:
+                    await resp.content.readline()  # a token arrived: request in flight
+                    os.killpg(sim.proc.pid, signal.SIGTERM)
+                    t0 = time.monotonic()
+                    await asyncio.get_running_loop().run_in_executor(None, sim.proc.wait, 5)
+                    assert time.monotonic() - t0 < 1.5
+
+        asyncio.run(hold_stream())
+        assert sim.proc.returncode == 0
+    finally:
+        stop(sim)
+
+
+@pytest.mark.parametrize(
+    ("profile", "flags", "env", "expected"),
+    [
+        ('{"decode_ms_per_stepp": 5}', [], {}, "decode_ms_per_stepp"),
+        ('{"bandwidth_gbps": {"ib": 5}}', [], {}, "ib"),
+        (None, ["--kv-transfer-config", "{not json"], {}, "--kv-transfer-config"),
+        (
+            None,
+            ["--kv-transfer-config", '{"kv_connector": "NixlConnector"}'],
+            {},
+            "kv_role",
+        ),
+        (None, [], {"DISAGG_SIM_FAULT": "explode"}, "explode"),
+    ],
+)
+def test_bad_configuration_exits_2(
+    workdir: Path,
+    profile: str | None,
+    flags: list[str],
+    env: dict[str, str],
+    expected: str,
+) -> None:
+    argv = [sys.executable, str(SCRIPT)]
+    if profile is not None:
+        argv += ["--profile-json", profile]
+    argv += ["serve", MODEL, "--host", HOST, "--port", str(free_port()), *flags]
+    base_env = {k: v for k, v in os.environ.items() if k != "DISAGG_SIM_FAULT"}
+    proc = subprocess.run(
+        argv,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={**base_env, **env},
+        start_new_session=True,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert expected in proc.stderr
