@@ -411,7 +411,7 @@ def test_max_model_len_rejection_and_bad_requests(plain: Sim) -> None:
         )
         fits = http.post(
             plain.url + "/v1/completions",
-            json={"model": MODEL, "prompt": [5] * 8000, "max_tokens": 192},
+            json={"model": MODEL, "prompt": [5] * 8190, "max_tokens": 2},
         )
         wrong_model = http.post(plain.url + "/v1/completions", json={"model": "other", "prompt": "x"})
         zero = http.post(
