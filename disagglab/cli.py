@@ -39,19 +39,15 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_deploy_node_files(args: argparse.Namespace) -> int:
-    from .deploy import deploy_node_files
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from .deploy import deploy_pattern
+    from .nodefiles import files_for_pattern, node_file_digests
     from .storage import open_storage
 
-    deploy_node_files(args.phase, open_storage(current_config()), Path(args.output))
-    return 0
-
-
-def cmd_deploy_tasks(args: argparse.Namespace) -> int:
-    from .deploy import deploy_tasks
-    from .storage import open_storage
-
-    deploy_tasks(args.phase, args.pattern, [Path(t) for t in args.tasks], open_storage(current_config()), Path(args.output))
+    phases = _phases()
+    pattern = phases.pattern(args.phase, args.pattern)
+    node_files = sorted(files_for_pattern(pattern, phases.cfg["engine"], node_file_digests()))
+    deploy_pattern(args.phase, args.pattern, node_files, [Path(t) for t in args.tasks], open_storage(phases.cfg), Path(args.output))
     return 0
 
 
@@ -90,16 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     for a in ("--phase", "--pattern", "--role", "--output"):
         p.add_argument(a, required=True)
     p.set_defaults(func=cmd_render)
-    p = sub.add_parser("deploy-node-files", help="copy scripts/ and remote/ into the store")
-    p.add_argument("--phase", required=True)
-    p.add_argument("--output", required=True)
-    p.set_defaults(func=cmd_deploy_node_files)
-    p = sub.add_parser("deploy-tasks", help="copy one pattern's task definitions into the store")
+    p = sub.add_parser("deploy", help="copy a pattern's node-side files and task definitions into the store")
     p.add_argument("--phase", required=True)
     p.add_argument("--pattern", required=True)
     p.add_argument("--output", required=True)
     p.add_argument("tasks", nargs="+")
-    p.set_defaults(func=cmd_deploy_tasks)
+    p.set_defaults(func=cmd_deploy)
     p = sub.add_parser("run-pattern", help="run one pattern on its nodes and write its result")
     for a in ("--phase", "--pattern", "--output"):
         p.add_argument(a, required=True)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from .hashing import atomic_write_json
-from .nodefiles import list_node_files
 from .paths import ROOT
 from .storage import Storage
 
@@ -30,14 +29,10 @@ def _put_all(storage: Storage, items: list[tuple[Path, str, str]]) -> list[dict[
     return files
 
 
-def deploy_node_files(phase: str, storage: Storage, marker: Path) -> None:
-    items = [(ROOT / rel, f"{phase}/{rel}", rel) for rel in list_node_files()]
-    atomic_write_json(marker, {"kind": "node-files", "phase": phase, "store": storage.url, "files": _put_all(storage, items)})
-
-
-def deploy_tasks(phase: str, pattern: str, task_files: list[Path], storage: Storage, marker: Path) -> None:
-    items = []
+def deploy_pattern(phase: str, pattern: str, node_files: list[str], task_files: list[Path], storage: Storage, marker: Path) -> None:
+    """Put the pattern's node-side files and task definitions in the store; write the marker."""
+    items = [(ROOT / rel, f"{phase}/{rel}", rel) for rel in node_files]
     for path in task_files:
         rel = f"tasks/{pattern}/{path.name}"
         items.append((path, f"{phase}/{rel}", rel))
-    atomic_write_json(marker, {"kind": "tasks", "phase": phase, "pattern": pattern, "store": storage.url, "files": _put_all(storage, items)})
+    atomic_write_json(marker, {"kind": "deploy", "phase": phase, "pattern": pattern, "store": storage.url, "files": _put_all(storage, items)})

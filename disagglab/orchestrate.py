@@ -65,11 +65,11 @@ class PatternRun:
         The task files on disk must be exactly what was deployed; anything else means the
         markers are stale and running would measure something other than what is recorded.
         """
-        deploy = self.results_dir / "deploy"
-        node_marker = json.loads((deploy / "node-files.json").read_text())
-        task_marker = json.loads((deploy / "tasks" / f"{self.pattern.id}.json").read_text())
+        marker = json.loads((self.results_dir / "deploy" / f"{self.pattern.id}.json").read_text())
         task_sha = {}
-        for item in task_marker["files"]:
+        for item in marker["files"]:
+            if not item["path"].startswith("tasks/"):
+                continue
             role = Path(item["path"]).stem
             local = self.results_dir / "tasks" / self.pattern.id / f"{role}.json"
             actual = sha256_file(local)
@@ -79,7 +79,7 @@ class PatternRun:
         missing = set(self.pattern.roles) - set(task_sha)
         if missing:
             raise StepFailed("deploy", "control", f"roles {sorted(missing)} missing from the task deploy marker")
-        return node_marker["files"] + task_marker["files"], task_sha
+        return marker["files"], task_sha
 
     # ------------------------------------------------------------------ steps
     def _step(self, node: Node, args: list[str], timeout_s: float) -> dict[str, Any]:

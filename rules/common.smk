@@ -63,13 +63,7 @@ def get_layer_results(wildcards):
     return _plan_call(PHASES.layer_results, wildcards.phase, wildcards.layer)
 
 
-def get_node_files(wildcards):
-    from disagglab.nodefiles import list_node_files
-
-    return [os.path.join(BASEDIR, f) for f in list_node_files()]
-
-
-def get_all_node_file_digests(wildcards):
-    from disagglab.nodefiles import node_file_digests
-
-    return [f"{rel}={sha}" for rel, sha in sorted(node_file_digests().items())]
+def get_pattern_node_files(wildcards):
+    """The node-side source files this pattern runs (content tracked by params, not mtime)."""
+    rels = [line.split("=", 1)[0] for line in get_node_file_fingerprint(wildcards)]
+    return [ancient(os.path.join(BASEDIR, rel)) for rel in rels]

@@ -1,28 +1,19 @@
-# Deploy: node-side files once per phase, task definitions once per pattern, into the store.
+# Deploy: the node-side files a pattern runs and its task definitions, into the store.
+# One marker per pattern, so an edit to the proxy re-deploys (and re-measures) only the
+# patterns that run the proxy. Source files are ancient(): their content is in params.
 
 
-rule deploy_node_files:
+rule deploy_pattern:
     input:
-        get_node_files,
+        tasks=get_task_files,
+        node_files=get_pattern_node_files,
     output:
-        "results/{phase}/deploy/node-files.json",
+        "results/{phase}/deploy/{pattern}.json",
     log:
-        "results/{phase}/logs/deploy-node-files.log",
-    params:
-        files=get_all_node_file_digests,
-    shell:
-        "{RUN} deploy-node-files --phase {wildcards.phase} --output {output:q} > {log:q} 2>&1"
-
-
-rule deploy_tasks:
-    input:
-        get_task_files,
-    output:
-        "results/{phase}/deploy/tasks/{pattern}.json",
-    log:
-        "results/{phase}/logs/{pattern}/deploy-tasks.log",
+        "results/{phase}/logs/{pattern}/deploy.log",
     params:
         tasks=get_task_digests,
+        node_files=get_node_file_fingerprint,
     shell:
-        "{RUN} deploy-tasks --phase {wildcards.phase} --pattern {wildcards.pattern} "
-        "--output {output:q} {input:q} > {log:q} 2>&1"
+        "{RUN} deploy --phase {wildcards.phase} --pattern {wildcards.pattern} "
+        "--output {output:q} {input.tasks:q} > {log:q} 2>&1"

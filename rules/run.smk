@@ -1,12 +1,12 @@
-# Measured runs. Inputs are ancient(): whether a pattern reruns is decided by its params
-# (task and node-file sha256s), never by timestamps, so GPU hours are not re-paid for a touch.
+# Measured runs. A pattern reruns only when what it runs changed: its task definitions or
+# the node-side files it uses (their sha256s are the params of its deploy and run jobs).
+# Deleting an intermediate file (a task, a deploy marker) never re-measures a pattern.
 
 
 rule run_pattern:
     input:
-        tasks=lambda wc: [ancient(f) for f in get_task_files(wc)],
-        node_files=ancient("results/{phase}/deploy/node-files.json"),
-        deployed=ancient("results/{phase}/deploy/tasks/{pattern}.json"),
+        tasks=get_task_files,
+        deployed="results/{phase}/deploy/{pattern}.json",
     output:
         "results/{phase}/runs/{pattern}.json",
     log:

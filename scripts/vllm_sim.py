@@ -432,6 +432,7 @@ def _extract_dotted_kv(args: list[str]) -> tuple[dict[str, Any], list[str]]:
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Overlay dotted-flag keys on the JSON config; lists from ``key+`` flags are appended."""
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
@@ -444,6 +445,7 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def _serve_parser() -> argparse.ArgumentParser:
+    """The ``vllm serve`` flags the sim understands; everything else is reported as ignored."""
     p = argparse.ArgumentParser(prog="vllm serve", allow_abbrev=False, add_help=False)
     p.add_argument("--model", default=None)
     p.add_argument("--host", default="0.0.0.0")
@@ -582,6 +584,7 @@ def go_float(value: float) -> str:
 
 
 def _labels(labels: dict[str, str]) -> str:
+    """Prometheus label set, keys sorted so every series of a family reads the same way."""
     parts = []
     for key in sorted(labels):
         val = labels[key].replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
@@ -601,11 +604,13 @@ class Histogram:
         self.count = 0
 
     def observe(self, value: float) -> None:
+        """Count ``value`` in the first bucket whose upper bound (le) is >= it, as prometheus_client does."""
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.total += value
         self.count += 1
 
     def render(self, out: list[str], labels: dict[str, str], created: float) -> None:
+        """Append the family in prometheus_client order: cumulative buckets, _count, _sum, _created."""
         out.append(f"# HELP {self.name} {self.doc}")
         out.append(f"# TYPE {self.name} histogram")
         running = 0
@@ -619,6 +624,7 @@ class Histogram:
 
 
 def _render_created(out: list[str], name: str, doc: str, series: list[dict[str, str]], created: float) -> None:
+    """prometheus_client exports each counter/histogram's creation time as a separate gauge family."""
     out.append(f"# HELP {name}_created {doc}")
     out.append(f"# TYPE {name}_created gauge")
     for labels in series:
@@ -632,6 +638,7 @@ def _render_counter(
     series: list[tuple[dict[str, str], float]],
     created: float,
 ) -> None:
+    """A counter family exported with the _total suffix, plus its _created gauge family."""
     out.append(f"# HELP {name}_total {doc}")
     out.append(f"# TYPE {name}_total counter")
     for labels, value in series:
@@ -640,6 +647,7 @@ def _render_counter(
 
 
 def _render_gauge(out: list[str], name: str, doc: str, labels: dict[str, str], value: float) -> None:
+    """One gauge family with a single series."""
     out.append(f"# HELP {name} {doc}")
     out.append(f"# TYPE {name} gauge")
     out.append(f"{name}{_labels(labels)} {go_float(value)}")
@@ -755,17 +763,21 @@ class Engine:
 
     @property
     def num_running(self) -> int:
+        """Sequences in the batch, counting the one being prefilled (as vLLM's running queue does)."""
         return len(self.running) + (1 if self.prefilling is not None else 0)
 
     @property
     def num_waiting(self) -> int:
+        """Requests queued for prefill or for a free batch slot."""
         return len(self.waiting)
 
     def submit(self, req: SimRequest) -> None:
+        """Queue a request (FCFS) and wake the scheduler loop if it is idle."""
         self.waiting.append(req)
         self._wake.set()
 
     def abort(self, req: SimRequest) -> None:
+        """Stop working on a request whose client went away (counted as finished_reason=abort)."""
         if not req.finished and not req.aborted:
             req.aborted = True
             self._aborted_pending += 1
@@ -774,12 +786,14 @@ class Engine:
             req.notify()
 
     def _reap(self) -> None:
+        """Drop aborted requests from the queues lazily, only when some were aborted."""
         if self._aborted_pending:
             self.waiting = deque(r for r in self.waiting if not r.aborted)
             self.running = [r for r in self.running if not r.aborted]
             self._aborted_pending = 0
 
     def _prefix_hit_tokens(self, req: SimRequest) -> int:
+        """Leading prompt tokens whose blocks are cached; vLLM always recomputes at least one token."""
         if not self.cfg.enable_prefix_caching or not req.block_hashes:
             return 0
         hits = 0
@@ -801,6 +815,7 @@ class Engine:
             self.cache.popitem(last=False)
 
     def _finish(self, req: SimRequest, now: float) -> None:
+        """Mark a request done; the sim always stops on length (max_tokens reached)."""
         req.finished = True
         req.t_finished = now
         self.stats.finished["length"] += 1
@@ -834,10 +849,12 @@ class Engine:
                 await asyncio.sleep(0)
 
     async def _sleep_until(self, deadline: float) -> None:
+        """Sleep to an absolute deadline so per-step timer lateness does not accumulate."""
         delay = deadline - asyncio.get_running_loop().time()
         await asyncio.sleep(max(0.0, delay))
 
     async def _prefill(self, req: SimRequest, clock: float) -> float:
+        """Run one prefill step (which also samples the first token); return the step's end time."""
         cached = self._prefix_hit_tokens(req)
         duration = self.profile.prefill_s(req.prompt_tokens - cached)
         req.t_scheduled = clock
@@ -869,6 +886,7 @@ class Engine:
         return end
 
     async def _decode(self, clock: float) -> float:
+        """Run one decode step: every running sequence gains one token at the step's end."""
         end = clock + self.profile.decode_step_s(len(self.running))
         await self._sleep_until(end)
         still: list[SimRequest] = []
@@ -1040,10 +1058,12 @@ class KVTransfer:
             writer.close()
 
     async def start(self) -> None:
+        """Bind the side channel; a port clash fails start-up like vLLM's ZMQ 'Address already in use'."""
         self.server = await asyncio.start_server(self.serve_connection, self.cfg.side_host, self.cfg.side_port)
 
     # ---- consumer side
     async def _fetch(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Ask P's side channel for the blocks named in ``params``; raise on any failure."""
         host, port = params.get("remote_host"), params.get("remote_port")
         if not host or port is None:
             raise RuntimeError("kv_transfer_params lack remote_host/remote_port")
@@ -1135,10 +1155,12 @@ def error_body(message: str, err_type: str, status: int) -> dict[str, Any]:
 
 
 def error_response(message: str, err_type: str = "BadRequestError", status: int = 400) -> web.Response:
+    """An HTTP error answer in vLLM's JSON shape."""
     return web.json_response(error_body(message, err_type, status), status=status)
 
 
 def _count_text(text: Any) -> list[str]:
+    """Whitespace words stand in for tokens: no tokenizer is available on CPU-only test nodes."""
     if not isinstance(text, str):
         raise RequestError("prompt must be a string or a list of token ids")
     return text.split()
@@ -1199,6 +1221,7 @@ class SimServer:
         self.background: list[asyncio.Task[None]] = []
 
     def make_app(self) -> web.Application:
+        """The routes vLLM's OpenAI server exposes that the pipeline uses (large bodies allowed)."""
         app = web.Application(client_max_size=256 * 1024 * 1024)
         app.router.add_get("/health", self.health)
         app.router.add_get("/ping", self.health)
@@ -1212,11 +1235,13 @@ class SimServer:
 
     # ---- simple routes
     async def health(self, request: web.Request) -> web.Response:
+        """200 with an empty body while the engine loop lives, like vLLM's /health."""
         if self.engine_task is None or self.engine_task.done():
             return error_response("engine is dead", "EngineDeadError", 500)
         return web.Response(status=200)
 
     async def models(self, request: web.Request) -> web.Response:
+        """The model card; clients such as vllm bench read the model id from here."""
         return web.json_response(
             {
                 "object": "list",
@@ -1235,6 +1260,7 @@ class SimServer:
         )
 
     async def version(self, request: web.Request) -> web.Response:
+        """Marks the server as simulated and reports the KV transport actually in use."""
         return web.json_response(
             {
                 "version": "sim",
@@ -1246,6 +1272,7 @@ class SimServer:
         )
 
     async def metrics(self, request: web.Request) -> web.Response:
+        """Prometheus text exposition (content type of prometheus_client 0.0.4)."""
         return web.Response(
             text=self.render_metrics(),
             content_type="text/plain",
@@ -1254,6 +1281,7 @@ class SimServer:
         )
 
     def render_metrics(self) -> str:
+        """All metric families; NIXL ones only with a connector, as vLLM registers them."""
         s = self.stats
         base = {"engine": "0", "model_name": self.cfg.served_model_name}
         out: list[str] = []
@@ -1348,9 +1376,11 @@ class SimServer:
 
     # ---- completions
     async def completions(self, request: web.Request) -> web.StreamResponse:
+        """POST /v1/completions."""
         return await self._serve(request, chat=False)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        """POST /v1/chat/completions."""
         return await self._serve(request, chat=True)
 
     def _crash_if_due(self, ordinal: int) -> None:
@@ -1361,6 +1391,7 @@ class SimServer:
             os._exit(70)
 
     async def _serve(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        """Validate, run the NixlConnector per-request protocol, then stream or return the result."""
         loop = asyncio.get_running_loop()
         arrival = loop.time()
         try:
@@ -1459,6 +1490,7 @@ class SimServer:
         message: str,
         req: SimRequest,
     ) -> web.StreamResponse:
+        """End a request whose KV load failed under kv_load_failure_policy=fail."""
         LOG.info(
             "Finished request %s: kv=remote_prefill status=error (%s)",
             req.request_id,
@@ -1472,6 +1504,7 @@ class SimServer:
         return resp
 
     def _full_body(self, req: SimRequest, chat: bool, created: int, kv_out: dict[str, Any] | None) -> dict[str, Any]:
+        """The non-streaming response; P's answer carries kv_transfer_params at top level."""
         text = TOKEN_TEXT * req.generated
         usage = {
             "prompt_tokens": req.prompt_tokens,
@@ -1572,6 +1605,7 @@ class SimServer:
         include_usage: bool,
         ordinal: int,
     ) -> None:
+        """Write each token as soon as the engine emits it; coalesce only if the writer fell behind."""
         middle, last, role = self._frames(req, chat, created)
         sent = 0
         while sent < req.max_tokens:
@@ -1607,6 +1641,8 @@ class SimServer:
         await resp.write_eof()
 
     def _log_finished(self, req: SimRequest, now: float) -> None:
+        """One log line per request with its simulated timings, for debugging runs from logs."""
+
         def ms(value: float | None) -> str:
             return "-" if value is None else f"{value * 1000:.1f}"
 
@@ -1673,7 +1709,10 @@ async def serve(cfg: ServeConfig) -> int:
     server.engine_task = loop.create_task(server.engine.run())
     if server.kv is not None:
         server.background.append(loop.create_task(server.kv.sweep_leases()))
-    runner = web.AppRunner(server.make_app(), access_log=None, handle_signals=False, shutdown_timeout=0.3)
+    try:
+        runner = web.AppRunner(server.make_app(), access_log=None, handle_signals=False, shutdown_timeout=0.3)
+    except TypeError:  # aiohttp < 3.9 has no runner-level shutdown_timeout
+        runner = web.AppRunner(server.make_app(), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, cfg.host, cfg.port)
     try:
@@ -1701,6 +1740,7 @@ async def serve(cfg: ServeConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse, log the effective configuration, serve; return the process exit status."""
     logging.basicConfig(
         stream=sys.stderr,
         level=logging.INFO,

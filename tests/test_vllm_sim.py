@@ -76,9 +76,11 @@ class Sim:
 
     @property
     def url(self) -> str:
+        """Base URL of the HTTP server."""
         return f"http://{HOST}:{self.port}"
 
     def log(self) -> str:
+        """Everything the process wrote so far (stdout and stderr)."""
         return self.log_path.read_text(errors="replace")
 
 
@@ -151,6 +153,7 @@ def stop(sim: Sim) -> None:
 
 
 def client() -> httpx.Client:
+    """A sync client that ignores proxy settings from the environment (loopback only)."""
     return httpx.Client(timeout=30.0, trust_env=False)
 
 
@@ -169,13 +172,10 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 def metrics(sim: Sim) -> str:
+    """The server's /metrics text."""
     response = httpx.get(sim.url + "/metrics", timeout=10.0, trust_env=False)
     assert response.status_code == 200
     return response.text
-
-
-def sse_events(lines: list[str]) -> list[str]:
-    return [line[len("data: ") :] for line in lines if line.startswith("data: ")]
 
 
 def stream_completion(
@@ -201,6 +201,7 @@ def stream_completion(
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder per module for the servers' log files."""
     return tmp_path_factory.mktemp("vllm_sim")
 
 
@@ -291,6 +292,7 @@ def prefill_on_p(p: Sim, prompt: list[int]) -> dict[str, Any]:
 
 
 def decode_body(prompt: list[int], params: dict[str, Any] | None, **kw: Any) -> dict:
+    """What the proxy sends D: the client's request plus P's kv_transfer_params."""
     body: dict[str, Any] = {"model": MODEL, "prompt": prompt, "max_tokens": 4, **kw}
     if params is not None:
         body["kv_transfer_params"] = params
