@@ -39,6 +39,17 @@ def _combine(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return {**a, **b}
 
 
+def _undefined_is_an_error(value: Any) -> Any:
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()  # raises UndefinedError naming the missing variable
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _tojson(value: Any) -> str:
+    """Jinja's tojson hands an undefined value to json.dumps as an object; make it an error."""
+    return json.dumps(value, sort_keys=True, default=_undefined_is_an_error)
+
+
 @lru_cache(maxsize=1)
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(
@@ -48,6 +59,7 @@ def _env() -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters["combine"] = _combine
+    env.filters["tojson"] = _tojson
     return env
 
 
