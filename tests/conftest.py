@@ -88,16 +88,18 @@ def ledger_entries(root: Path) -> list[dict]:
     return entries
 
 
-def alive_groups(entries: list[dict]) -> list[dict]:
-    alive = []
-    for e in entries:
+def live_group_members(pgid: int) -> list[int]:
+    """Processes of a group that are not zombies (zombies hold no port, no GPU, no memory)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            os.killpg(e["pgid"], 0)
-        except ProcessLookupError:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
             continue
-        # zombies (not yet reaped by init) do not hold ports or GPUs
-        stat = Path(f"/proc/{e['pid']}/stat")
-        if stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            continue
-        alive.append(e)
-    return alive
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def alive_groups(entries: list[dict]) -> list[dict]:
+    return [e for e in entries if live_group_members(e["pgid"])]

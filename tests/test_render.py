@@ -10,9 +10,9 @@ import jinja2
 import pytest
 
 from disagglab.config import load_config_file
+from disagglab.paths import PLANS_DIR
 from disagglab.plan import auto_max_model_len, load_plan
 from disagglab.render import BINDINGS, render_task
-from disagglab.paths import PLANS_DIR
 
 CFG = load_config_file()
 PLAN = load_plan(PLANS_DIR / "phase14.json")
@@ -106,7 +106,7 @@ def test_auto_max_model_len_formula() -> None:
 def test_every_runtime_token_is_known() -> None:
     import re
 
-    for pid, pattern in PLAN.patterns.items():
+    for pattern in PLAN.patterns.values():
         for role in pattern.roles:
             text = render_task(pattern, role, "phase14", CFG)
             assert set(re.findall(r"\$\{([A-Za-z0-9_]+)\}", text)) <= BINDINGS
