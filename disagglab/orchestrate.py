@@ -54,6 +54,8 @@ class PatternRun:
     cfg: dict[str, Any]
     executor: Executor
     results_dir: Path
+    current: tuple[str, str] = ("prepare", "control")
+    """The step and node in progress, so an interrupt can say what it cut short."""
 
     def log(self, msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {self.pattern.id}: {msg}", file=sys.stderr, flush=True)
@@ -83,6 +85,7 @@ class PatternRun:
 
     # ------------------------------------------------------------------ steps
     def _step(self, node: Node, args: list[str], timeout_s: float) -> dict[str, Any]:
+        self.current = (args[0], node.name)
         outcome = self.executor.transport.run_step(node, self.phase, args, timeout_s)
         if not outcome.ok:
             tail = outcome.report.get("log_tail") or outcome.output_tail
@@ -137,15 +140,18 @@ class PatternRun:
                 except (StepFailed, Interrupted, Exception) as exc:  # noqa: BLE001 - any failure becomes a failure record
                     error = exc
                 finally:
+                    interrupted_at = self.current
                     stop_errors = self._stop_all(started_nodes or used)
                     collected = self._collect_all(used, run_id)
         except Interrupted as exc:  # a second signal while stopping
+            interrupted_at = self.current
             error = error or exc
             stop_errors, collected = ["interrupted while stopping"], {}
         finished = time.time()
         if error is None and stop_errors:
             error = StepFailed("stop", "/".join(n.name for n in used), "; ".join(stop_errors))
         if error is not None:
+            self.current = interrupted_at
             record = failure_record(self, error, started, finished, run_id, collected)
             write_failure(failure_path, record)
             self.log(f"FAILED: {record['message']}")

@@ -146,7 +146,8 @@ def failure_record(run: PatternRun, error: BaseException, started: float, finish
     if isinstance(error, StepFailed):
         step, node, cause, status, tail = error.step, error.node, error.cause, error.exit_status, error.log_tail
     elif type(error).__name__ == "Interrupted":
-        step, node, cause, status, tail = "interrupted", "control", f"interrupted by {error}", None, []
+        step, node = run.current
+        cause, status, tail = f"interrupted by {error} during step '{step}' on {node}", None, []
     else:
         step, node, cause, status, tail = "control", "control", f"{type(error).__name__}: {error}", None, []
     return {
