@@ -180,6 +180,12 @@ def _cross_field_problems(doc: dict[str, Any], file: str, stem: str) -> list[Pro
                 add([*here, "id"], f"pattern id {pid!r} must start with {prefix!r}")
             if pat["backend"] in DISAGGREGATED:
                 any_disagg = True
+            rate = pat.get("request_rate", common.get("request_rate"))
+            mtype = pat.get("measurement_type", common["measurement_type"])
+            if rate is not None and mtype != "online":
+                add([*here, "request_rate"], f"an open loop at a request rate needs measurement_type 'online' (this pattern is {mtype!r})")
+            if "burstiness" in pat and rate is None:
+                add([*here, "burstiness"], "burstiness applies only with a request_rate (open loop)")
             need = pat["prompt_tokens"] + common["max_tokens"]
             if "max_model_len" in pat and pat["max_model_len"] < need:
                 add([*here, "max_model_len"], f"{pat['max_model_len']} is less than prompt_tokens + max_tokens = {need}")
@@ -224,6 +230,10 @@ def effective_spec(doc: dict[str, Any], pattern: dict[str, Any]) -> dict[str, An
     }
     for key in OVERRIDABLE:
         spec[key] = pattern.get(key, common[key])
+    slo = {**common.get("slo", {}), **pattern.get("slo", {})}
+    spec["slo"] = slo or None
+    spec["request_rate"] = pattern.get("request_rate", common.get("request_rate"))
+    spec["burstiness"] = pattern.get("burstiness", common.get("burstiness", 1.0)) if spec["request_rate"] else None
     if "max_model_len" in pattern:
         spec["max_model_len"] = pattern["max_model_len"]
         spec["max_model_len_source"] = "pattern"

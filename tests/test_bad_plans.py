@@ -101,6 +101,12 @@ CASES: list[tuple[str, str, str, str]] = [
     ("layer without patterns", mutate(_set(["layers", 0, "patterns"], [])), "layers[0].patterns", "should be non-empty"),
     ("bad priority", mutate(_set(["layers", 0, "priority"], "high")), "layers[0].priority", "does not match"),
     ("bad vllm version", mutate(_set(["infrastructure", "vllm_version"], "latest")), "infrastructure.vllm_version", "does not match"),
+    ("slo unknown key", mutate(_set([*PAT, "slo"], {"ttft": 100})), "layers[0].patterns[0].slo.ttft", "unknown key 'ttft'"),
+    ("slo negative", mutate(_set(["common_settings", "slo"], {"tpot_ms": -5})), "common_settings.slo.tpot_ms", "less than or equal to the minimum"),
+    ("slo empty", mutate(_set([*PAT, "slo"], {})), "layers[0].patterns[0].slo", "should be non-empty"),
+    ("request rate zero", mutate(_set([*PAT, "request_rate"], 0)), "layers[0].patterns[0].request_rate", "less than or equal to the minimum"),
+    ("request rate with offline", mutate(lambda d: p0(d).update(request_rate=2.0, measurement_type="offline")), "layers[0].patterns[0].request_rate", "needs measurement_type 'online'"),
+    ("burstiness without rate", mutate(_set([*PAT, "burstiness"], 0.5)), "layers[0].patterns[0].burstiness", "only with a request_rate"),
     ("prefix_cache as string", mutate(_set([*PAT, "prefix_cache"], "yes")), "layers[0].patterns[0].prefix_cache", "expected boolean"),
 ]
 IDS = [c[0] for c in CASES]

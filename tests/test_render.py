@@ -130,3 +130,20 @@ def test_wrong_role_and_undefined_variables_are_errors(tmp_path, monkeypatch) ->
 def test_rendering_is_deterministic() -> None:
     p = PLAN.pattern("p14-efa-1k-c1")
     assert render_task(p, "consumer", "phase14", CFG) == render_task(p, "consumer", "phase14", copy.deepcopy(CFG))
+
+
+def test_open_loop_and_goodput_reach_the_benchmark_only_when_set(tmp_path) -> None:
+    doc = json.loads((PLANS_DIR / "phase14.json").read_text())
+    doc["common_settings"]["slo"] = {"ttft_ms": 800, "tpot_ms": 60}
+    pat = doc["layers"][0]["patterns"][1]
+    pat.update(request_rate=3.5, burstiness=0.5, slo={"tpot_ms": 40})
+    path = tmp_path / "phase14.json"
+    path.write_text(json.dumps(doc))
+    plan = load_plan(path)
+    argv = json.loads(render_task(plan.pattern(pat["id"]), "consumer", "phase14", CFG))["benchmark"]["argv"]
+    assert argv[argv.index("--request-rate") + 1] == "3.5" and argv[argv.index("--burstiness") + 1] == "0.5"
+    assert argv[argv.index("--goodput") + 1:] == ["tpot:40", "ttft:800"]
+    other = json.loads(render_task(plan.pattern("p14-unified-1k-c1"), "unified", "phase14", CFG))["benchmark"]["argv"]
+    assert "--request-rate" not in other and other[other.index("--goodput") + 1:] == ["tpot:60", "ttft:800"]
+    plain = json.loads(render_task(PLAN.pattern("p14-unified-1k-c1"), "unified", "phase14", CFG))["benchmark"]["argv"]
+    assert "--goodput" not in plain and "--request-rate" not in plain
