@@ -68,7 +68,109 @@ class LocalStorage:
         return self._path(key).is_file()
 
 
+class S3Storage:
+    """An S3 bucket (or any S3-compatible server via AWS_ENDPOINT_URL).
+
+    Each object carries its sha256 as user metadata (x-amz-meta-sha256): ETags are not
+    content hashes under KMS or multipart, so skip-unchanged compares our own hash.
+    """
+
+    def __init__(self, bucket: str, prefix: str = "", region: str | None = None, max_attempts: int = 5):
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.region = region
+        config = Config(retries={"mode": "standard", "total_max_attempts": max_attempts}, signature_version="s3v4")
+        self.client = boto3.client("s3", region_name=region, config=config)
+        query = f"?region={region}" if region else ""
+        self.url = f"s3://{bucket}/{self.prefix}{query}" if self.prefix else f"s3://{bucket}{query}"
+
+    def _key(self, key: str) -> str:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"invalid store key {key!r}")
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _head(self, key: str) -> dict[str, Any] | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("404", "NoSuchKey", "403"):
+                return None
+            raise self._explain(exc) from None
+
+    def put_file(self, src: Path, key: str) -> PutResult:
+        from botocore.exceptions import ClientError
+
+        data = Path(src).read_bytes()
+        digest = sha256_bytes(data)
+        head = self._head(key)
+        if head and head.get("Metadata", {}).get("sha256") == digest and head.get("ContentLength") == len(data):
+            return PutResult(key, digest, len(data), uploaded=False)
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, Metadata={"sha256": digest})
+        except ClientError as exc:
+            raise self._explain(exc) from None
+        return PutResult(key, digest, len(data), uploaded=True)
+
+    def get_file(self, key: str, dest: Path) -> str:
+        from botocore.exceptions import ClientError
+
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise FileNotFoundError(f"{self.url} has no object {key!r}") from None
+            raise self._explain(exc) from None
+        data = obj["Body"].read()
+        atomic_write_bytes(Path(dest), data)
+        return sha256_bytes(data)
+
+    def exists(self, key: str) -> bool:
+        return self._head(key) is not None
+
+    def _explain(self, exc: Exception) -> StorageError:
+        """Say what is wrong: a missing bucket often surfaces as AccessDenied on object calls."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as head_exc:
+            if head_exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket"):
+                return StorageError(f"S3 bucket {self.bucket!r} does not exist (set SCRIPTS_BUCKET or s3.bucket to an existing bucket)")
+        return _explain(exc, self.bucket)
+
+
+class StorageError(RuntimeError):
+    """The store refused or failed an operation; the message says which and why."""
+
+
+def _explain(exc: Exception, bucket: str) -> StorageError:
+    err = getattr(exc, "response", {}).get("Error", {})
+    code, msg = err.get("Code", type(exc).__name__), err.get("Message", str(exc))
+    if code == "NoSuchBucket":
+        return StorageError(f"S3 bucket {bucket!r} does not exist (set SCRIPTS_BUCKET or s3.bucket to an existing bucket)")
+    return StorageError(f"S3 bucket {bucket!r}: {code}: {msg}")
+
+
+def resolve_bucket(cfg: dict[str, Any]) -> str:
+    """SCRIPTS_BUCKET (the seed's variable) overrides config; one of them must name the bucket."""
+    import os
+
+    bucket = os.environ.get("SCRIPTS_BUCKET") or cfg["s3"].get("bucket")
+    if not bucket:
+        raise StorageError("storage is s3 but no bucket is named: set SCRIPTS_BUCKET or s3.bucket in the config")
+    return bucket
+
+
 def open_storage(cfg: dict[str, Any]) -> Storage:
     if cfg["storage"] == "local":
         return LocalStorage(Path(cfg["local"]["store_dir"]))
+    if cfg["storage"] == "s3":
+        s3 = cfg["s3"]
+        return S3Storage(resolve_bucket(cfg), s3.get("prefix") or "", s3.get("region"), s3["max_attempts"])
     raise ValueError(f"storage {cfg['storage']!r} is not available")

@@ -285,8 +285,6 @@ class FileStore:
 
     def __init__(self, url: str):
         parsed = urllib.parse.urlparse(url)
-        if parsed.scheme != "file":
-            raise StepError(f"store {url!r}: only file:// stores are supported by this runner")
         self.root = Path(urllib.parse.unquote(parsed.path))
 
     def get(self, key: str, dest: Path, sha256: str | None = None) -> None:
@@ -302,8 +300,79 @@ class FileStore:
         atomic_write(self.root / key, src.read_bytes())
 
 
-def open_store(url: str) -> FileStore:
-    return FileStore(url)
+class S3Store:
+    """The store as an S3 bucket: boto3 when the node's python has it, else the aws CLI.
+
+    Exact keys only (never `aws s3 sync`, which compares sizes and times, not content);
+    the caller verifies sha256. AWS_ENDPOINT_URL and the standard credential chain apply.
+    """
+
+    def __init__(self, url: str):
+        parsed = urllib.parse.urlparse(url)
+        self.bucket = parsed.netloc
+        self.prefix = parsed.path.strip("/")
+        self.region = urllib.parse.parse_qs(parsed.query).get("region", [None])[0]
+        try:
+            import boto3  # noqa: PLC0415 - optional on nodes
+            from botocore.config import Config  # noqa: PLC0415
+
+            config = Config(retries={"mode": "standard", "total_max_attempts": 5})
+            self.client = boto3.client("s3", region_name=self.region, config=config)
+        except ImportError:
+            self.client = None
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _cli(self, *args: str) -> None:
+        argv = ["aws", "s3api", *args] + (["--region", self.region] if self.region else [])
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+        except FileNotFoundError:
+            raise StepError("neither boto3 nor the aws CLI is available on this node to reach S3") from None
+        if out.returncode != 0:
+            raise StepError(f"aws s3api {args[0]} failed: {out.stderr.strip()[-500:]}")
+
+    def get(self, key: str, dest: Path, sha256: str | None = None) -> None:
+        full = self._key(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            if self.client is not None:
+                try:
+                    self.client.download_file(self.bucket, full, tmp)
+                except Exception as exc:  # noqa: BLE001 - botocore errors vary; the message names the key
+                    raise StepError(f"cannot fetch s3://{self.bucket}/{full}: {exc}") from None
+            else:
+                self._cli("get-object", "--bucket", self.bucket, "--key", full, tmp)
+            actual = sha256_file(Path(tmp))
+            if sha256 is not None and actual != sha256:
+                raise StepError(f"sha256 mismatch for {key!r}: expected {sha256}, store has {actual}")
+            os.replace(tmp, dest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def put(self, src: Path, key: str) -> None:
+        digest = sha256_file(src)
+        full = self._key(key)
+        if self.client is not None:
+            try:
+                self.client.upload_file(str(src), self.bucket, full, ExtraArgs={"Metadata": {"sha256": digest}})
+            except Exception as exc:  # noqa: BLE001
+                raise StepError(f"cannot upload s3://{self.bucket}/{full}: {exc}") from None
+        else:
+            self._cli("put-object", "--bucket", self.bucket, "--key", full, "--body", str(src), "--metadata", f"sha256={digest}")
+
+
+def open_store(url: str) -> FileStore | S3Store:
+    scheme = urllib.parse.urlparse(url).scheme
+    if scheme == "file":
+        return FileStore(url)
+    if scheme == "s3":
+        return S3Store(url)
+    raise StepError(f"store {url!r}: unsupported scheme {scheme!r} (file:// or s3://)")
 
 
 # ---------------------------------------------------------------------------- steps

@@ -103,3 +103,23 @@ def live_group_members(pgid: int) -> list[int]:
 
 def alive_groups(entries: list[dict]) -> list[dict]:
     return [e for e in entries if live_group_members(e["pgid"])]
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory):
+    """One real S3 server (SeaweedFS) for the whole session."""
+    from seaweed import start_seaweed
+
+    server = start_seaweed(tmp_path_factory.mktemp("seaweed"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(seaweed, monkeypatch: pytest.MonkeyPatch):
+    """Point boto3 in this process (and children) at the test S3 server."""
+    for key, value in seaweed.env().items():
+        monkeypatch.setenv(key, value)
+    return seaweed

@@ -22,6 +22,10 @@ def test_environment_yml_and_pyproject_declare_the_same_dependencies() -> None:
     for dep in env["dependencies"]:
         if isinstance(dep, str) and _name(dep) not in ("python", "pip"):
             conda_deps[_name(dep)] = dep.replace(" ", "")
+        elif isinstance(dep, dict):
+            for pip_dep in dep["pip"]:
+                if not pip_dep.startswith("-e"):
+                    conda_deps[_name(pip_dep)] = pip_dep.replace(" ", "")
     assert conda_deps == pip_deps
 
 
