@@ -1,10 +1,20 @@
-"""Which nodes a pattern runs on and the run-time values bound into its task definitions."""
+"""Which nodes a pattern runs on and the run-time values bound into its task definitions.
+
+Local: node1 and node2 are 127.0.0.1 with fresh free ports per pattern. SSM: a pool of EC2
+node pairs; a pattern leases one pair for its whole run (an flock on the control host, so
+a crashed job never holds a lease), and the servers use the configured fixed ports.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import socket
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .storage import Storage, open_storage
@@ -14,6 +24,7 @@ PORT_NAMES = (
     "unified_port", "producer_port", "consumer_port", "proxy_port",
     "producer_side_channel_port", "consumer_side_channel_port",
 )
+LEASE_DIR = Path("results/.leases")
 
 
 @dataclass(frozen=True)
@@ -21,6 +32,7 @@ class NodePair:
     node1: Node
     node2: Node
     ports: dict[str, int]
+    index: int = 0
 
     def node(self, name: str) -> Node:
         return self.node1 if name == "node1" else self.node2
@@ -53,16 +65,56 @@ def free_ports(host: str, count: int) -> list[int]:
 class Executor:
     transport: Transport
     storage: Storage
+    cfg: dict[str, Any]
+    pairs: list[Any] = field(default_factory=list)
+    """For ssm: the discovered aws.PairSpec pool."""
 
-    def acquire_pair(self, cfg: dict[str, Any]) -> NodePair:
-        host = cfg["local"]["host"]
-        ports = dict(zip(PORT_NAMES, free_ports(host, len(PORT_NAMES)), strict=True))
-        return NodePair(Node("node1", host), Node("node2", host), ports)
+    @contextlib.contextmanager
+    def lease_pair(self, wait_s: float = 3600) -> Iterator[NodePair]:
+        if self.cfg["executor"] == "local":
+            host = self.cfg["local"]["host"]
+            ports = dict(zip(PORT_NAMES, free_ports(host, len(PORT_NAMES)), strict=True))
+            yield NodePair(Node("node1", host), Node("node2", host), ports)
+            return
+        LEASE_DIR.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + wait_s
+        while True:
+            for spec in self.pairs:
+                fd = os.open(LEASE_DIR / f"pair-{spec.node1.instance_id}-{spec.node2.instance_id}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                try:
+                    os.ftruncate(fd, 0)
+                    os.write(fd, f"{os.getpid()}\n".encode())
+                    ports = {k: int(v) for k, v in self.cfg["aws"]["ports"].items()}
+                    yield NodePair(Node("node1", spec.node1.address, spec.node1.instance_id),
+                                   Node("node2", spec.node2.address, spec.node2.instance_id), ports, spec.index)
+                    return
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    os.close(fd)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no node pair became free within {wait_s:g} s ({len(self.pairs)} pairs; run with --resources node_pair=<pairs>)")
+            time.sleep(1.0)
 
 
 def open_executor(cfg: dict[str, Any]) -> Executor:
+    storage = open_storage(cfg)
     if cfg["executor"] == "local":
-        from pathlib import Path
+        return Executor(LocalTransport(Path(cfg["local"]["nodes_dir"])), storage, cfg)
+    if cfg["executor"] == "ssm":
+        from . import aws
+        from .ssm import SsmTransport
 
-        return Executor(LocalTransport(Path(cfg["local"]["nodes_dir"])), open_storage(cfg))
+        pairs = aws.discover_pairs(cfg)
+        ssm_cfg = cfg["aws"]["ssm"]
+        transport = SsmTransport(
+            aws.client("ssm", cfg, mode="adaptive" if len(pairs) > 1 else None), storage, ssm_cfg["node_root"],
+            execution_timeout_s=ssm_cfg["execution_timeout_s"], delivery_timeout_s=ssm_cfg["delivery_timeout_s"],
+            invocation_grace_s=ssm_cfg["invocation_grace_s"], region=cfg["aws"].get("region"),
+        )
+        return Executor(transport, storage, cfg, pairs)
     raise ValueError(f"executor {cfg['executor']!r} is not available")

@@ -103,21 +103,29 @@ class PatternRun:
         started_nodes: list[Node] = []
         step_reports: dict[str, Any] = {}
         error: BaseException | None = None
+        stop_errors: list[str] = []
+        collected: dict[str, dict[str, Path]] = {}
+        interrupted_at = self.current
         try:
-            with interrupts_raise():
+            with interrupts_raise(), self.executor.lease_pair() as pair:
                 try:
                     files, task_sha = self._deployed()
-                    pair = self.executor.acquire_pair(self.cfg)
                     used = [pair.node(n) for n in dict.fromkeys(ROLE_NODE[r] for r in self.pattern.roles)]
+                    self.log(f"node pair {pair.index}: " + ", ".join(f"{n.name}={n.instance_id or n.address}" for n in used))
                     manifest = {"pattern": self.pattern.id, "run_id": run_id, "files": files}
                     manifest_local = self.results_dir / "logs" / self.pattern.id / "manifest.json"
                     atomic_write_bytes(manifest_local, json.dumps(manifest, indent=2, sort_keys=True).encode())
                     manifest_key = f"{self.phase}/manifests/{self.pattern.id}.json"
                     manifest_sha = storage.put_file(manifest_local, manifest_key).sha256
                     runner = next(f for f in files if f["path"] == RUNNER_PATH)
+                    python = f"{self.pattern.spec['infrastructure']['venv_path'].rstrip('/')}/bin/python"
                     for node in used:
                         self.log(f"fetch on {node.name}")
-                        transport.prepare(node, self.phase, storage, runner["key"], runner["sha256"])
+                        self.current = ("fetch", node.name)
+                        try:
+                            transport.prepare(node, self.phase, storage, runner["key"], runner["sha256"], python)
+                        except Exception as exc:  # noqa: BLE001 - offline node, wrong storage, tampered runner
+                            raise StepFailed("fetch", node.name, str(exc)) from None
                         self._step(node, ["fetch", "--node-dir", transport.node_dir(node, self.phase), "--store", storage.url,
                                           "--manifest-key", manifest_key, "--manifest-sha256", manifest_sha], STEP_TIMEOUT_S["fetch"])
                     grace = str(self.cfg["server"]["stop_grace_s"])
@@ -144,9 +152,10 @@ class PatternRun:
                     stop_errors = self._stop_all(started_nodes or used)
                     collected = self._collect_all(used, run_id)
         except Interrupted as exc:  # a second signal while stopping
-            interrupted_at = self.current
             error = error or exc
-            stop_errors, collected = ["interrupted while stopping"], {}
+            stop_errors = stop_errors or ["interrupted while stopping"]
+        except Exception as exc:  # noqa: BLE001 - no pair could be leased
+            error = error or exc
         finished = time.time()
         if error is None and stop_errors:
             error = StepFailed("stop", "/".join(n.name for n in used), "; ".join(stop_errors))

@@ -158,13 +158,10 @@ def _explain(exc: Exception, bucket: str) -> StorageError:
 
 
 def resolve_bucket(cfg: dict[str, Any]) -> str:
-    """SCRIPTS_BUCKET (the seed's variable) overrides config; one of them must name the bucket."""
-    import os
+    """SCRIPTS_BUCKET (the seed's variable), else s3.bucket, else the CloudFormation stack output."""
+    from .aws import discover_bucket
 
-    bucket = os.environ.get("SCRIPTS_BUCKET") or cfg["s3"].get("bucket")
-    if not bucket:
-        raise StorageError("storage is s3 but no bucket is named: set SCRIPTS_BUCKET or s3.bucket in the config")
-    return bucket
+    return discover_bucket(cfg)
 
 
 def open_storage(cfg: dict[str, Any]) -> Storage:

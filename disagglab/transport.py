@@ -29,6 +29,8 @@ class Node:
     """node1 / node2: the role of the machine in a pair."""
     address: str
     """Address other nodes use to reach it (private IP on AWS, 127.0.0.1 locally)."""
+    instance_id: str = ""
+    """EC2 instance id (ssm executor); empty for local nodes."""
 
 
 @dataclass
@@ -48,8 +50,8 @@ class StepOutcome:
 class Transport(Protocol):
     def node_dir(self, node: Node, phase: str) -> str: ...
 
-    def prepare(self, node: Node, phase: str, storage: Storage, runner_key: str, runner_sha256: str) -> None:
-        """Place the task runner on the node (verified by sha256) so later steps can run it."""
+    def prepare(self, node: Node, phase: str, storage: Storage, runner_key: str, runner_sha256: str, python: str) -> None:
+        """Make the task runner (verified by sha256) and the python that runs it ready on the node."""
         ...
 
     def run_step(self, node: Node, phase: str, args: list[str], timeout_s: float) -> StepOutcome: ...
@@ -77,7 +79,8 @@ class LocalTransport:
     def node_dir(self, node: Node, phase: str) -> str:
         return str(self.nodes_dir / node.name / phase)
 
-    def prepare(self, node: Node, phase: str, storage: Storage, runner_key: str, runner_sha256: str) -> None:
+    def prepare(self, node: Node, phase: str, storage: Storage, runner_key: str, runner_sha256: str, python: str = "") -> None:
+        """`python` is ignored: local nodes run the runner with this control host's python."""
         dest = Path(self.node_dir(node, phase)) / RUNNER_PATH
         got = storage.get_file(runner_key, dest)
         if got != runner_sha256:

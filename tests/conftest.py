@@ -108,13 +108,19 @@ def alive_groups(entries: list[dict]) -> list[dict]:
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory: pytest.TempPathFactory):
     """One real S3 server (SeaweedFS) for the whole session."""
+    import tempfile
+
     from seaweed import start_seaweed
 
-    server = start_seaweed(tmp_path_factory.mktemp("seaweed"))
+    # Not under pytest's basetemp: a concurrent pytest run prunes old basetemps, which would
+    # delete the filer's store under a live server.
+    data = Path(tempfile.mkdtemp(prefix="disagglab-seaweed-"))
+    server = start_seaweed(data)
     try:
         yield server
     finally:
         server.stop()
+        shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture
