@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -76,6 +77,26 @@ def cmd_layer_done(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_phase_done(args: argparse.Namespace) -> int:
+    layers = {Path(m).stem: json.loads(Path(m).read_text()) for m in args.markers}
+    atomic_write_json(Path(args.output), {"phase": args.phase, "layers": layers})
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .status import list_lines
+
+    print("\n".join(list_lines(_phases().plan(args.phase))))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .status import status_lines
+
+    print("\n".join(status_lines(_phases().plan(args.phase), Path("results") / args.phase)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="disagglab", description="Control side of the disaggregated-inference experiment pipeline.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -100,6 +121,17 @@ def main(argv: list[str] | None = None) -> int:
     for a in ("--phase", "--layer", "--output"):
         p.add_argument(a, required=True)
     p.set_defaults(func=cmd_layer_done)
+    p = sub.add_parser("phase-done", help="write the marker for a whole phase")
+    p.add_argument("--phase", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("markers", nargs="+")
+    p.set_defaults(func=cmd_phase_done)
+    p = sub.add_parser("list", help="layers and patterns of a phase")
+    p.add_argument("phase", help="e.g. phase14")
+    p.set_defaults(func=cmd_list)
+    p = sub.add_parser("status", help="each pattern: done (key numbers), failed (step, node, cause) or pending")
+    p.add_argument("phase", help="e.g. phase14")
+    p.set_defaults(func=cmd_status)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

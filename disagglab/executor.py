@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import socket
 import time
@@ -25,6 +26,45 @@ PORT_NAMES = (
     "producer_side_channel_port", "consumer_side_channel_port",
 )
 LEASE_DIR = Path("results/.leases")
+BAD_PAIRS = LEASE_DIR / "bad-pairs.json"
+
+
+def snakemake_run_id() -> str:
+    """The Snakemake process this job belongs to (pid + start time), standing for "this run".
+
+    A job is `sh -c ...` started by Snakemake, so the grandparent process is Snakemake.
+    """
+    ppid = os.getppid()
+    try:
+        stat = Path(f"/proc/{ppid}/stat").read_text().rsplit(")", 1)[1].split()
+        gp = int(stat[1])
+        start = Path(f"/proc/{gp}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError, ValueError):
+        return f"pid-{ppid}"
+    return f"{gp}-{start}"
+
+
+def bad_pairs(run_id: str) -> dict[str, str]:
+    try:
+        doc = json.loads(BAD_PAIRS.read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc.get(run_id, {})
+
+
+def mark_bad_pair(run_id: str, pair_key: str, reason: str) -> None:
+    """Record a pair whose node failed its health check, so this run does not lease it again."""
+    LEASE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(LEASE_DIR / "bad-pairs.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            doc = json.loads(BAD_PAIRS.read_text())
+        except (OSError, ValueError):
+            doc = {}
+        doc = {run_id: {**doc.get(run_id, {}), pair_key: reason}}  # older runs are forgotten
+        tmp = BAD_PAIRS.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=2))
+        os.replace(tmp, BAD_PAIRS)
 
 
 @dataclass(frozen=True)
@@ -33,6 +73,10 @@ class NodePair:
     node2: Node
     ports: dict[str, int]
     index: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.node1.instance_id or self.node1.address}+{self.node2.instance_id or self.node2.address}"
 
     def node(self, name: str) -> Node:
         return self.node1 if name == "node1" else self.node2
@@ -69,6 +113,10 @@ class Executor:
     pairs: list[Any] = field(default_factory=list)
     """For ssm: the discovered aws.PairSpec pool."""
 
+    def report_bad_pair(self, pair: NodePair, reason: str) -> None:
+        if self.cfg["executor"] != "local":
+            mark_bad_pair(snakemake_run_id(), pair.key, reason)
+
     @contextlib.contextmanager
     def lease_pair(self, wait_s: float = 3600) -> Iterator[NodePair]:
         if self.cfg["executor"] == "local":
@@ -78,8 +126,13 @@ class Executor:
             return
         LEASE_DIR.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + wait_s
+        run_id = snakemake_run_id()
         while True:
-            for spec in self.pairs:
+            bad = bad_pairs(run_id)
+            usable = [p for p in self.pairs if f"{p.node1.instance_id}+{p.node2.instance_id}" not in bad]
+            if not usable:
+                raise RuntimeError("every node pair failed its health check in this run: " + "; ".join(f"{k}: {v}" for k, v in bad.items()))
+            for spec in usable:
                 fd = os.open(LEASE_DIR / f"pair-{spec.node1.instance_id}-{spec.node2.instance_id}.lock", os.O_CREAT | os.O_RDWR, 0o644)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -125,6 +125,9 @@ class PatternRun:
                         try:
                             transport.prepare(node, self.phase, storage, runner["key"], runner["sha256"], python)
                         except Exception as exc:  # noqa: BLE001 - offline node, wrong storage, tampered runner
+                            if "PingStatus" in str(exc) or "not registered" in str(exc):
+                                self.executor.report_bad_pair(pair, str(exc))
+                                self.log(f"node pair {pair.index} is not used again in this run: {exc}")
                             raise StepFailed("fetch", node.name, str(exc)) from None
                         self._step(node, ["fetch", "--node-dir", transport.node_dir(node, self.phase), "--store", storage.url,
                                           "--manifest-key", manifest_key, "--manifest-sha256", manifest_sha], STEP_TIMEOUT_S["fetch"])

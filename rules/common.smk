@@ -63,6 +63,11 @@ def get_layer_results(wildcards):
     return _plan_call(PHASES.layer_results, wildcards.phase, wildcards.layer)
 
 
+def get_phase_layers(wildcards):
+    plan = _plan_call(PHASES.plan, wildcards.phase)
+    return [f"results/{wildcards.phase}/{layer.id}.done" for layer in plan.layers]
+
+
 def get_pattern_node_files(wildcards):
     """The node-side source files this pattern runs (content tracked by params, not mtime)."""
     rels = [line.split("=", 1)[0] for line in get_node_file_fingerprint(wildcards)]

@@ -31,3 +31,14 @@ rule layer_done:
     shell:
         "{RUN} layer-done --phase {wildcards.phase} --layer {wildcards.layer} "
         "--output {output:q} > {log:q} 2>&1"
+
+
+rule phase_done:
+    input:
+        get_phase_layers,
+    output:
+        "results/{phase}/all.done",
+    log:
+        "results/{phase}/logs/all.log",
+    shell:
+        "{RUN} phase-done --phase {wildcards.phase} --output {output:q} {input:q} > {log:q} 2>&1"

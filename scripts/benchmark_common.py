@@ -43,29 +43,109 @@ Every metric is defined exactly as ``vllm bench serve`` defines it
   the bucket ``int(t - first_start)``; a request counts as concurrent in every
   bucket from ``int(start - first_start)`` to ``int(end - first_start)``
   inclusive; both metrics are the maxima over the buckets. They are therefore
-  *not* instantaneous in-flight counts.
+  *not* instantaneous in-flight counts (see ``achieved_concurrency_max``).
 
-Load shapes (``--measurement-type``)
-------------------------------------
-online
-    Closed loop. Exactly ``--concurrency`` workers; each sends its next request
-    as soon as its previous one has finished, until ``--num-requests``
-    measured requests are done. This is what ``vllm bench serve
-    --request-rate inf --max-concurrency C`` approximates, minus vLLM's client
-    queue: here no request ever waits on the client, so no queueing time is
-    hidden from (or added to) TTFT/E2EL. Saved as ``max_concurrency = C``.
-offline
+Load shapes
+-----------
+Chosen by ``--measurement-type`` and ``--request-rate`` and saved as
+``load_mode``:
+
+closed_loop (``--measurement-type online``, ``--request-rate inf``, default)
+    Exactly ``--concurrency`` workers; each sends its next request as soon as
+    its previous one has finished, until ``--num-requests`` measured requests
+    are done. This is what ``vllm bench serve --request-rate inf
+    --max-concurrency C`` approximates, minus vLLM's client queue: here no
+    request ever waits on the client. Saved as ``max_concurrency = C``.
+open_loop (``--measurement-type online``, finite ``--request-rate R``)
+    Requests are sent on a fixed schedule computed before the first one is
+    sent, as ``vllm bench serve --request-rate R --burstiness B``: the gaps
+    between arrivals are drawn from ``numpy.random.default_rng(seed).gamma(
+    shape=B, scale=1/(R*B))`` (mean 1/R, coefficient of variation
+    1/sqrt(B): B=1 is a Poisson process, B<1 burstier, B>1 more regular,
+    ``B=inf`` fixed gaps of 1/R). Request i is due at the sum of the first
+    i+1 gaps (the first one, like vLLM's, is not sent at 0). The cumulative
+    times are then rescaled, as vLLM does, so that the last request is due at
+    exactly N/R. The rescale multiplies every gap by the same factor, so the
+    shape of the process (CV, burstiness) is unchanged; what it removes is
+    the seed-to-seed noise of the offered rate (the sum of N gamma gaps has a
+    relative spread of 1/sqrt(N*B), e.g. 10 % for N=100 Poisson arrivals), so
+    the offered load equals R for every seed and the numbers stay
+    comparable with ``vllm bench serve`` at the same R. Since normalised iid
+    gamma gaps are independent of their sum, the rescaled schedule is
+    exactly the gamma process conditioned on its N-th arrival at N/R.
+    ``--concurrency C`` (C >= 1) caps the requests in flight, like vLLM's
+    ``--max-concurrency`` semaphore: a request that is due while C are in
+    flight waits, in schedule order, for a free slot. ``--concurrency 0``
+    means no cap (every request is sent when due) and is only allowed here.
+    Saved as ``max_concurrency = C`` (null for 0).
+offline (``--measurement-type offline``)
     All ``--num-requests`` measured requests are dispatched at once (``vllm
     bench serve --request-rate inf`` without a concurrency cap), so the server
     sees the whole batch. ``--concurrency`` does not shape dispatch; it is
     still recorded as ``concurrency`` (and used for the warmup), and
-    ``max_concurrency`` is saved as null, as vLLM does for "no cap".
+    ``max_concurrency`` is saved as null, as vLLM does for "no cap". A finite
+    ``--request-rate`` is refused here.
 
-In both modes ``--warmup-requests`` requests are sent first, as a closed loop
-at ``--concurrency``, and are fully finished before the measured requests
-start. They are excluded from every metric; their count (and failures) are
-recorded. ``duration`` runs from the first dispatch of a measured request to
-the last measured response.
+In every mode ``--warmup-requests`` requests are sent first, as a closed loop
+at ``--concurrency`` (at 1 when it is 0), and are fully finished before the
+measured requests start. They are excluded from every metric; their count
+(and failures) are recorded. The measured phase starts when the first
+measured request is dispatched (open loop: at the schedule's origin, so it
+includes the wait for the first arrival, as in vLLM) and ``duration`` runs
+from there to the last measured response.
+
+Client-side queue time and achieved load
+----------------------------------------
+Every measured request records its scheduled time and its dispatch time
+(``st`` above) as offsets from the start of the measured phase.
+``client_queue_time = dispatch - scheduled`` is the time a due request spent
+waiting on the client: on the concurrency cap, on a late timer or a busy
+event loop. In the closed loop and offline it is 0 by definition: a request
+there has no time it was due other than the moment it is sent, so its
+scheduled time *is* its dispatch time (offline dispatch spread is visible in
+``dispatch_offset_s``). The dispatcher never sends a request early, so it is
+never negative. TTFT and E2EL exclude it, exactly as vLLM's do; the "latency
+from schedule" ``ttft_including_client_queue = client_queue_time + TTFT`` and
+``e2el_including_client_queue = client_queue_time + E2EL`` include it, so a
+capped open loop cannot hide queueing (vLLM 0.33 reports
+``client_queue_time`` and ``e2el_including_client_queue`` under these names;
+their stats, like TTFT's, are over successful requests).
+
+Requested load is saved as vLLM does (``request_rate``, the string "inf" when
+unbounded, ``burstiness``, ``max_concurrency``) plus ``requested_concurrency``
+(closed loop: C; open loop: the cap C, null when uncapped; offline: N, the
+whole batch). Achieved load:
+
+* ``achieved_request_rate``: measured dispatches per second of the dispatch
+  window ``dispatch_window_s``. In the open loop that window runs from the
+  schedule's origin to the last dispatch, so the value equals R exactly when
+  nothing was late (the last request is due at N/R) and is lower when the cap
+  or the client held requests back. Without a schedule (closed loop,
+  offline) nothing is "due", and the window is the whole measured phase
+  (``duration``): the value is then the completion rate of all measured
+  requests, failed ones included.
+* ``achieved_concurrency_mean``: time-weighted mean of the requests in flight
+  over the measured phase (sum of in-flight times / ``duration``); a request
+  is in flight from its dispatch until its request function has returned
+  (after ``[DONE]``, not at its last token), which is also when its slot
+  under the cap is released. By Little's law it equals the achieved rate
+  times the mean in-flight time in the closed loop.
+* ``achieved_concurrency_max``: the exact peak number in flight (a request
+  that ends at the instant another starts is not counted twice).
+
+Goodput
+-------
+``--goodput ttft:MS tpot:MS e2el:MS`` (any non-empty subset, vLLM's syntax;
+thresholds in ms). As in vLLM, a successful request is good if every given
+SLO holds, ``threshold >= value`` (compared in seconds), where TPOT of a
+request with at most one output token counts as 0, and TTFT/E2EL are the
+client-measured values *without* client queue time (vLLM's definition; read
+``e2el_including_client_queue`` next to it for a capped open loop).
+``request_goodput`` = good requests / ``duration`` (null without SLO, as in
+vLLM), ``slo_attainment_pct`` = good / completed * 100 (null without SLO or
+with no completed request), ``goodput_slo_ms`` = the thresholds, and every
+request record gets ``slo_met`` (null without SLO and for failed requests,
+which are not judged, as in vLLM).
 
 Prompts
 -------
@@ -100,6 +180,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import platform
 import re
@@ -171,8 +252,12 @@ class RequestSpec:
 class RequestOutcome:
     """Outcome of one request, in seconds (like vLLM's RequestFuncOutput).
 
-    ``start_time`` is the raw ``perf_counter`` value of ``st``; the per-second
-    bucket metrics need the absolute values, offsets are derived later.
+    ``start_time`` is the raw ``perf_counter`` value of ``st`` (the dispatch
+    time); the per-second bucket metrics need the absolute values, offsets are
+    derived later. ``scheduled_time`` is when an open loop wanted the request
+    sent (None where there is no schedule: it is then the dispatch time).
+    ``end_time`` is when the request function returned (stream fully read or
+    failure), the end of the request's time in flight.
     """
 
     index: int
@@ -191,6 +276,20 @@ class RequestOutcome:
     output_tokens_from_usage: bool = False
     content_chunks: int = 0
     generated_chars: int = 0
+    scheduled_time: float | None = None
+    end_time: float = 0.0
+
+    @property
+    def client_queue_time(self) -> float:
+        """Dispatch - scheduled time; 0 by definition without a schedule."""
+        if self.scheduled_time is None:
+            return 0.0
+        return self.start_time - self.scheduled_time
+
+    @property
+    def in_flight_end(self) -> float:
+        """End of the time in flight (``start + latency`` if never stamped)."""
+        return self.end_time if self.end_time > 0 else self.start_time + self.latency
 
     @property
     def effective_prompt_tokens(self) -> int:
@@ -209,6 +308,12 @@ class RequestOutcome:
         if not self.success or self.output_tokens <= 1:
             return None
         return (self.latency - self.ttft) / (self.output_tokens - 1)
+
+    @property
+    def tpot_for_goodput(self) -> float:
+        """TPOT as vLLM's goodput sees it: 0 with at most one output token."""
+        tpot = self.tpot
+        return 0.0 if tpot is None else tpot
 
 
 @dataclass
@@ -231,6 +336,35 @@ class BenchConfig:
     request_timeout: float
     result_file: str
     label: str | None = None
+    request_rate: float = float("inf")
+    burstiness: float = 1.0
+    goodput_slo_ms: dict[str, float] | None = None
+
+    @property
+    def load_mode(self) -> str:
+        """closed_loop, open_loop or offline (see the module docstring)."""
+        if self.measurement_type == "offline":
+            return "offline"
+        return "open_loop" if math.isfinite(self.request_rate) else "closed_loop"
+
+    @property
+    def max_concurrency(self) -> int | None:
+        """The client-side cap as vLLM saves it (null = no cap)."""
+        if self.load_mode == "offline" or self.concurrency == 0:
+            return None
+        return self.concurrency
+
+    @property
+    def requested_concurrency(self) -> int | None:
+        """In-flight level the load shape asks for (offline: the batch)."""
+        if self.load_mode == "offline":
+            return self.num_requests
+        return self.max_concurrency
+
+    @property
+    def warmup_concurrency(self) -> int:
+        """Workers of the warmup closed loop (1 when uncapped)."""
+        return max(1, self.concurrency)
 
     @property
     def is_chat(self) -> bool:
@@ -459,7 +593,28 @@ async def _post_streaming(
 
     Shared by the per-API functions, which differ only in where the generated
     text sits inside a choice (the body was built by their payload function).
+    ``end_time`` is stamped however the request ends: it closes the request's
+    time in flight for the achieved-concurrency metrics.
+
+    The body is sent as one bytes object: aiohttp's client puts no limit on a
+    request body (a 50,000-token prompt is a few hundred KB), and the response
+    is read in raw blocks and split by ``SSEParser``, so neither side of a
+    long-context request meets an aiohttp size limit.
     """
+    try:
+        return await _stream_into(session, url, body, outcome, content_text)
+    finally:
+        outcome.end_time = time.perf_counter()
+
+
+async def _stream_into(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    outcome: RequestOutcome,
+    content_text: Callable[[dict[str, Any]], str | None],
+) -> RequestOutcome:
+    """The body of ``_post_streaming`` (every return path fills ``outcome``)."""
     timeout_s = session.timeout.total if session.timeout else None
     usage_completion: int | None = None
     stream_error = ""
@@ -617,23 +772,86 @@ def _peak_buckets(successful: list[RequestOutcome]) -> tuple[float, int]:
     return float(np.max(tokens)), int(np.max(concurrent))
 
 
-def calculate_metrics(outcomes: Sequence[RequestOutcome], duration_s: float, percentiles: Sequence[float]) -> dict[str, Any]:
-    """Turn measured outcomes into vLLM's saved metric keys (pure function).
+GOODPUT_METRICS = ("ttft", "tpot", "e2el")
+
+
+def slo_met(o: RequestOutcome, goodput_slo_ms: dict[str, float] | None) -> bool | None:
+    """Whether one request meets every given SLO (vLLM's goodput rule).
+
+    None without SLO and for failed requests (vLLM judges completed requests
+    only). Compared in seconds as vLLM does: ``threshold_ms / 1000 >= value``,
+    with TPOT 0 for requests with at most one output token.
+    """
+    if not goodput_slo_ms or not o.success:
+        return None
+    values = {"ttft": o.ttft, "tpot": o.tpot_for_goodput, "e2el": o.latency}
+    return all(goodput_slo_ms[k] / 1000.0 >= values[k] for k in GOODPUT_METRICS if k in goodput_slo_ms)
+
+
+def achieved_load(outcomes: Sequence[RequestOutcome], duration_s: float, phase_start: float | None) -> dict[str, Any]:
+    """Achieved rate and concurrency of the measured requests (pure).
+
+    See the module docstring for the definitions. Every dispatched request
+    counts, failed ones included: they were sent and were in flight.
+    """
+    if not outcomes:
+        return {
+            "achieved_request_rate": None,
+            "dispatch_window_s": 0.0,
+            "achieved_concurrency_mean": 0.0,
+            "achieved_concurrency_max": 0,
+        }
+    if phase_start is None:
+        phase_start = min(min(o.start_time, o.start_time - o.client_queue_time) for o in outcomes)
+    scheduled = any(o.scheduled_time is not None for o in outcomes)
+    window = max(o.start_time for o in outcomes) - phase_start if scheduled else duration_s
+    busy = sum(max(0.0, o.in_flight_end - o.start_time) for o in outcomes)
+    # Ends sort before starts at the same instant: a slot handed over from
+    # one request to the next is not counted as two requests in flight.
+    events = sorted([(o.start_time, 1) for o in outcomes] + [(max(o.in_flight_end, o.start_time), -1) for o in outcomes])
+    level = peak = 0
+    for _, delta in events:
+        level += delta
+        peak = max(peak, level)
+    return {
+        "achieved_request_rate": len(outcomes) / window if window > 0 else None,
+        "dispatch_window_s": window,
+        "achieved_concurrency_mean": busy / duration_s if duration_s > 0 else 0.0,
+        "achieved_concurrency_max": peak,
+    }
+
+
+def calculate_metrics(
+    outcomes: Sequence[RequestOutcome],
+    duration_s: float,
+    percentiles: Sequence[float],
+    goodput_slo_ms: dict[str, float] | None = None,
+    phase_start: float | None = None,
+) -> dict[str, Any]:
+    """Turn measured outcomes into vLLM's saved metric keys and ours (pure).
 
     Only successful requests contribute to token totals and latency lists,
-    exactly as ``vllm bench serve``; failed ones are only counted.
+    exactly as ``vllm bench serve``; failed ones are only counted (and count
+    as dispatched and in flight for the achieved load). ``phase_start`` is the
+    ``perf_counter`` time the measured phase began (default: the earliest
+    scheduled or dispatch time).
     """
     ok = [o for o in outcomes if o.success]
     ttfts = [o.ttft for o in ok]
     e2els = [o.latency for o in ok]
     tpots = [t for t in (o.tpot for o in ok) if t is not None]
     itls = [gap for o in ok for gap in o.itl]
+    queue = [o.client_queue_time for o in ok]
     total_input = sum(o.effective_prompt_tokens for o in ok)
     total_output = sum(o.output_tokens for o in ok)
     max_tok_s, max_conc = _peak_buckets(ok)
 
     def per_s(x: float) -> float:
         return x / duration_s if duration_s > 0 else 0.0
+
+    good: int | None = None
+    if goodput_slo_ms:
+        good = sum(1 for o in ok if slo_met(o, goodput_slo_ms))
 
     metrics: dict[str, Any] = {
         "duration": duration_s,
@@ -642,17 +860,24 @@ def calculate_metrics(outcomes: Sequence[RequestOutcome], duration_s: float, per
         "total_input_tokens": total_input,
         "total_output_tokens": total_output,
         "request_throughput": per_s(len(ok)),
-        "request_goodput": None,  # vLLM: null unless --goodput is given
+        "request_goodput": None if good is None else per_s(good),  # vLLM: null unless --goodput
         "output_throughput": per_s(total_output),
         "total_token_throughput": per_s(total_input + total_output),
         "max_output_tokens_per_s": max_tok_s,
         "max_concurrent_requests": max_conc,
+        "good_requests": good,
+        "slo_attainment_pct": None if good is None or not ok else 100.0 * good / len(ok),
+        "goodput_slo_ms": dict(goodput_slo_ms) if goodput_slo_ms else None,
     }
+    metrics.update(achieved_load(outcomes, duration_s, phase_start))
     for name, values in (
         ("ttft", ttfts),
         ("tpot", tpots),
         ("itl", itls),
         ("e2el", e2els),
+        ("client_queue_time", queue),
+        ("ttft_including_client_queue", [q + t for q, t in zip(queue, ttfts)]),
+        ("e2el_including_client_queue", [q + e for q, e in zip(queue, e2els)]),
     ):
         metrics.update(_stats(name, values, percentiles))
     return metrics
@@ -688,6 +913,75 @@ async def run_all_at_once(specs: Sequence[RequestSpec], send: RequestFn) -> list
     return list(await asyncio.gather(*(send(s) for s in specs)))
 
 
+def arrival_schedule(count: int, rate: float, burstiness: float, seed: int, rescale: bool = True) -> np.ndarray:
+    """Due times (s after the phase origin) of ``count`` open-loop requests.
+
+    Gaps ~ ``default_rng(seed).gamma(shape=burstiness, scale=1/(rate*burstiness))``
+    (fixed gaps of 1/rate for ``burstiness=inf``); request i is due at the
+    sum of gaps 0..i. With ``rescale`` (what the benchmark uses, as vLLM)
+    the times are multiplied by one factor so the last is due at exactly
+    count/rate; see the module docstring for why. Pure and deterministic.
+    """
+    if count < 0:
+        raise ValueError("count must be >= 0")
+    if not (rate > 0 and math.isfinite(rate)):
+        raise ValueError("rate must be a finite number > 0")
+    if not burstiness > 0:
+        raise ValueError("burstiness must be > 0")
+    if count == 0:
+        return np.zeros(0)
+    if math.isinf(burstiness):
+        gaps = np.full(count, 1.0 / rate)
+    else:
+        gaps = np.random.default_rng(seed).gamma(shape=burstiness, scale=1.0 / (rate * burstiness), size=count)
+    times = np.cumsum(gaps)
+    if rescale and times[-1] > 0:
+        times *= (count / rate) / times[-1]
+    return times
+
+
+async def run_open_loop(
+    specs: Sequence[RequestSpec],
+    due_s: Sequence[float],
+    cap: int,
+    send: RequestFn,
+    origin: float,
+) -> list[RequestOutcome]:
+    """Send ``specs[i]`` at ``origin + due_s[i]``, at most ``cap`` in flight.
+
+    One dispatcher walks the schedule in order: it sleeps until a request is
+    due (re-checking the clock, so it never sends early), then, when capped,
+    waits for a free slot, then starts the request as a task. A request held
+    back by the cap therefore keeps its place in line, and the wait shows as
+    its ``client_queue_time`` (dispatch ``st`` minus due time). ``cap`` 0 is
+    uncapped. The slot is released when the request function returns.
+    """
+    sem = asyncio.Semaphore(cap) if cap > 0 else None
+    tasks: list[asyncio.Task[RequestOutcome]] = []
+
+    async def one(spec: RequestSpec, due: float) -> RequestOutcome:
+        try:
+            out = await send(spec)
+        finally:
+            if sem is not None:
+                sem.release()
+        out.scheduled_time = due
+        return out
+
+    try:
+        for spec, offset in zip(specs, due_s):
+            due = origin + float(offset)
+            while (delay := due - time.perf_counter()) > 0:
+                await asyncio.sleep(delay)
+            if sem is not None:
+                await sem.acquire()
+            tasks.append(asyncio.create_task(one(spec, due)))
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for t in tasks:
+            t.cancel()  # no-op for finished tasks; stops strays on error
+
+
 async def check_reachable(base_url: str, timeout_s: float) -> None:
     """Open (and close) one TCP connection; raise ServerUnreachable if none.
 
@@ -712,12 +1006,13 @@ class RunOutput:
     warmup: list[RequestOutcome]
     measured: list[RequestOutcome]
     duration_s: float
-    benchmark_start: float
+    benchmark_start: float  # start of the measured phase (open loop: origin)
 
 
 async def execute(cfg: BenchConfig) -> RunOutput:
     """Warm up, then run the measured requests in the configured load shape."""
     warmup_specs, measured_specs = build_specs(cfg)
+    due_s = arrival_schedule(len(measured_specs), cfg.request_rate, cfg.burstiness, cfg.seed) if cfg.load_mode == "open_loop" else None
     await check_reachable(cfg.base_url, min(10.0, cfg.request_timeout))
     # limit=0: the client's own pool must never queue a request (that would
     # hide waiting time inside TTFT); one session reuses connections.
@@ -729,9 +1024,11 @@ async def execute(cfg: BenchConfig) -> RunOutput:
         async def send(spec: RequestSpec) -> RequestOutcome:
             return await api(session, cfg.url, spec)
 
-        warmup = await run_closed_loop(warmup_specs, cfg.concurrency, send)
+        warmup = await run_closed_loop(warmup_specs, cfg.warmup_concurrency, send)
         start = time.perf_counter()
-        if cfg.measurement_type == "offline":
+        if due_s is not None:
+            measured = await run_open_loop(measured_specs, due_s, cfg.concurrency, send, start)
+        elif cfg.load_mode == "offline":
             measured = await run_all_at_once(measured_specs, send)
         else:
             measured = await run_closed_loop(measured_specs, cfg.concurrency, send)
@@ -748,14 +1045,36 @@ def _ms(x: float) -> float:
     return round(x * 1000.0, 3)
 
 
-def request_record(o: RequestOutcome, benchmark_start: float, max_tokens: int) -> dict[str, Any]:
-    """Per-request JSON record (ms); latency fields are null for failures."""
+def _json_float(x: float) -> float | str:
+    """A float for JSON; "inf" as a string (JSON has no infinity), as vLLM."""
+    return x if math.isfinite(x) else "inf"
+
+
+def request_record(
+    o: RequestOutcome,
+    benchmark_start: float,
+    max_tokens: int,
+    goodput_slo_ms: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Per-request JSON record (ms); latency fields are null for failures.
+
+    Offsets are seconds from the start of the measured phase:
+    ``scheduled_offset_s`` (when the request was due; equal to the dispatch
+    without a schedule), ``dispatch_offset_s`` (``st``; also kept under its
+    old name ``start_offset_s``) and ``end_offset_s`` (request function
+    returned).
+    """
     tpot = o.tpot
+    queue = o.client_queue_time
+    scheduled = o.start_time if o.scheduled_time is None else o.scheduled_time
     return {
         "index": o.index,
         "warmup": o.warmup,
         "x_request_id": o.request_id,
         "start_offset_s": round(o.start_time - benchmark_start, 6),
+        "scheduled_offset_s": round(scheduled - benchmark_start, 6),
+        "dispatch_offset_s": round(o.start_time - benchmark_start, 6),
+        "end_offset_s": round(o.in_flight_end - benchmark_start, 6),
         "success": o.success,
         "error": o.error,
         "http_status": o.http_status,
@@ -769,13 +1088,17 @@ def request_record(o: RequestOutcome, benchmark_start: float, max_tokens: int) -
         "itl_ms": [_ms(g) for g in o.itl] if o.success else [],
         "e2el_ms": _ms(o.latency) if o.success else None,
         "tpot_ms": _ms(tpot) if tpot is not None else None,
+        "client_queue_time_ms": _ms(queue),
+        "ttft_including_client_queue_ms": _ms(queue + o.ttft) if o.success else None,
+        "e2el_including_client_queue_ms": _ms(queue + o.latency) if o.success else None,
+        "slo_met": slo_met(o, goodput_slo_ms),
     }
 
 
 def build_result(cfg: BenchConfig, run: RunOutput, date: str | None = None) -> dict[str, Any]:
     """Result JSON: vLLM's --save-result keys first, then ours."""
-    metrics = calculate_metrics(run.measured, run.duration_s, cfg.percentiles)
-    records = [request_record(o, run.benchmark_start, cfg.max_tokens) for o in run.measured]
+    metrics = calculate_metrics(run.measured, run.duration_s, cfg.percentiles, cfg.goodput_slo_ms, run.benchmark_start)
+    records = [request_record(o, run.benchmark_start, cfg.max_tokens, cfg.goodput_slo_ms) for o in run.measured]
     result: dict[str, Any] = {
         "date": date or datetime.now().strftime("%Y%m%d-%H%M%S"),
         "endpoint_type": cfg.endpoint_type,
@@ -783,15 +1106,23 @@ def build_result(cfg: BenchConfig, run: RunOutput, date: str | None = None) -> d
         "label": cfg.label,
         "model_id": cfg.model,
         "num_prompts": cfg.num_requests,
-        "request_rate": "inf",
-        "burstiness": 1.0,
-        "max_concurrency": cfg.concurrency if cfg.measurement_type == "online" else None,
+        "request_rate": _json_float(cfg.request_rate),
+        "burstiness": _json_float(cfg.burstiness),
+        "max_concurrency": cfg.max_concurrency,
     }
     result.update(metrics)
     result.update(
         {
             "measurement_type": cfg.measurement_type,
+            "load_mode": cfg.load_mode,
             "concurrency": cfg.concurrency,
+            "requested_concurrency": cfg.requested_concurrency,
+            "warmup_concurrency": cfg.warmup_concurrency,
+            "arrival_schedule": (
+                {"distribution": "gamma" if math.isfinite(cfg.burstiness) else "fixed", "rescaled_to_n_over_rate": True}
+                if cfg.load_mode == "open_loop"
+                else None
+            ),
             "prompt_tokens": cfg.prompt_tokens,
             "prompt_tokens_exact": not cfg.is_chat,
             "max_tokens": cfg.max_tokens,
@@ -860,24 +1191,41 @@ def format_summary(result: dict[str, Any]) -> str:
             value = f"{value:.2f}"
         lines.append(f"{name:<40} {value!s:<10}")
 
+    open_loop = result.get("load_mode") == "open_loop"
     row("Measurement type:", result["measurement_type"])
+    row("Load mode:", result.get("load_mode"))
     row("Successful requests:", result["completed"])
     row("Failed requests:", result["failed"])
+    row("Traffic request rate:", result["request_rate"])
+    if open_loop:
+        row("Burstiness factor:", result["burstiness"])
     row("Maximum request concurrency:", result["max_concurrency"])
+    row("Achieved request rate (req/s):", result.get("achieved_request_rate"))
+    row("Achieved concurrency (mean):", result.get("achieved_concurrency_mean"))
+    row("Achieved concurrency (peak):", result.get("achieved_concurrency_max"))
     row("Benchmark duration (s):", result["duration"])
     row("Total input tokens:", result["total_input_tokens"])
     row("Total generated tokens:", result["total_output_tokens"])
     row("Request throughput (req/s):", result["request_throughput"])
+    if result.get("request_goodput") is not None:
+        row("Request goodput (req/s):", result["request_goodput"])
+        row("SLO attainment (%):", result.get("slo_attainment_pct"))
     row("Output token throughput (tok/s):", result["output_throughput"])
     row("Peak output token throughput (tok/s):", result["max_output_tokens_per_s"])
     row("Peak concurrent requests:", result["max_concurrent_requests"])
     row("Total token throughput (tok/s):", result["total_token_throughput"])
-    sections = (
+    sections = [
         ("ttft", "TTFT", "Time to First Token"),
         ("tpot", "TPOT", "Time per Output Token (excl. 1st token)"),
         ("itl", "ITL", "Inter-token Latency"),
         ("e2el", "E2EL", "End-to-end Latency"),
-    )
+    ]
+    if open_loop:  # elsewhere 0 by definition
+        sections += [
+            ("client_queue_time", "Queue", "Client Queue Time"),
+            ("ttft_including_client_queue", "TTFT+Q", "TTFT incl. Client Queue"),
+            ("e2el_including_client_queue", "E2EL+Q", "E2EL incl. Client Queue"),
+        ]
     for key, short, title in sections:
         lines.append("{s:{c}^50}".format(s=title, c="-"))
         row(f"Mean {short} (ms):", result[f"mean_{key}_ms"])
@@ -898,6 +1246,57 @@ def format_summary(result: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------
+
+
+def _parse_float(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}") from None
+    if math.isnan(value):
+        raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}")
+    return value
+
+
+def _positive_rate(text: str) -> float:
+    """--request-rate: a number > 0, or inf."""
+    value = _parse_float(text, "--request-rate")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"--request-rate must be > 0 (or inf), got {text!r}")
+    return value
+
+
+def _positive_burstiness(text: str) -> float:
+    """--burstiness: a number > 0, or inf (fixed gaps)."""
+    value = _parse_float(text, "--burstiness")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"--burstiness must be > 0 (or inf), got {text!r}")
+    return value
+
+
+def parse_goodput(items: Sequence[str]) -> dict[str, float]:
+    """vLLM's ``--goodput KEY:VALUE ...`` -> {key: ms}; ValueError if bad.
+
+    Keys are ttft, tpot, e2el, each at most once; values finite and >= 0.
+    """
+    slo: dict[str, float] = {}
+    for item in items:
+        key, sep, raw = item.partition(":")
+        key = key.strip().lower()
+        if not sep or key not in GOODPUT_METRICS:
+            raise ValueError(f"invalid goodput SLO {item!r}: expected KEY:MS with KEY one of {', '.join(GOODPUT_METRICS)}")
+        if key in slo:
+            raise ValueError(f"goodput SLO {key!r} given twice")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"invalid goodput SLO {item!r}: {raw!r} is not a number of milliseconds") from None
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"invalid goodput SLO {item!r}: milliseconds must be finite and >= 0")
+        slo[key] = value
+    if not slo:
+        raise ValueError("--goodput needs at least one KEY:MS")
+    return slo
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -935,7 +1334,32 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="Requests in flight for online (closed loop) and for the warmup; "
-        "recorded but not used for dispatch when offline (default: %(default)s).",
+        "with a finite --request-rate the cap on requests in flight (0 = uncapped, "
+        "open loop only); recorded but not used for dispatch when offline (default: %(default)s).",
+    )
+    p.add_argument(
+        "--request-rate",
+        type=_positive_rate,
+        default=float("inf"),
+        help="Requests per second of an open loop (online only): requests are sent on a "
+        "gamma-process schedule fixed up front, as `vllm bench serve --request-rate`; "
+        "inf = no schedule, i.e. the closed loop or offline batch (default: inf).",
+    )
+    p.add_argument(
+        "--burstiness",
+        type=_positive_burstiness,
+        default=1.0,
+        help="Gamma shape of the open-loop inter-arrival times: 1 = Poisson, <1 burstier, "
+        ">1 more regular, inf = fixed gaps; as `vllm bench serve --burstiness` (default: %(default)s).",
+    )
+    p.add_argument(
+        "--goodput",
+        nargs="+",
+        default=None,
+        metavar="KEY:MS",
+        help="SLOs for goodput as vLLM's --goodput, e.g. ttft:500 tpot:50 e2el:3000 (keys "
+        "ttft, tpot, e2el; milliseconds); a completed request is good if it meets all given SLOs. "
+        "Default: none (request_goodput null).",
     )
     p.add_argument(
         "--warmup-requests",
@@ -991,9 +1415,22 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     """Parse and validate; any problem exits with status 2 via argparse."""
     parser = build_parser()
     a = parser.parse_args(argv)
-    for name in ("prompt_tokens", "max_tokens", "concurrency", "num_requests"):
+    for name in ("prompt_tokens", "max_tokens", "num_requests"):
         if getattr(a, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    open_loop = math.isfinite(a.request_rate)
+    if open_loop and a.measurement_type == "offline":
+        parser.error("--request-rate must be inf with --measurement-type offline (offline sends everything at once)")
+    if open_loop and a.concurrency < 0:
+        parser.error("--concurrency must be >= 0 with a finite --request-rate (0 = uncapped)")
+    if not open_loop and a.concurrency < 1:
+        parser.error("--concurrency must be >= 1 (0 = uncapped is only allowed with a finite --request-rate)")
+    goodput = None
+    if a.goodput is not None:
+        try:
+            goodput = parse_goodput(a.goodput)
+        except ValueError as exc:
+            parser.error(f"--goodput: {exc}")
     if a.warmup_requests < 0:
         parser.error("--warmup-requests must be >= 0")
     if not a.request_timeout > 0:
@@ -1041,6 +1478,9 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
         request_timeout=a.request_timeout,
         result_file=a.result_file,
         label=a.label,
+        request_rate=a.request_rate,
+        burstiness=a.burstiness,
+        goodput_slo_ms=goodput,
     )
 
 

@@ -29,6 +29,10 @@ def test_stand_in_crash_mid_benchmark_fails_cleanly_and_is_retried(project: Proj
     assert {"producer", "consumer", "proxy", "benchmark"} <= {e["name"] for e in entries}
     assert alive_groups(entries) == [], "no process of the failed run may be left"
     assert not list((project.root / "results").rglob("*.tmp")), "no half-written file"
+    status = project.cli("status", "phase14")
+    line = next(ln for ln in status.splitlines() if PATTERN in ln)
+    assert "failed" in line and "step bench on node2" in line and "requests failed" in line
+    assert "p14-unified-1k-c1" in status and "pending" in status
 
     # The next run retries exactly this pattern and clears the failure record.
     out = project.snakemake(TARGET)
@@ -36,6 +40,8 @@ def test_stand_in_crash_mid_benchmark_fails_cleanly_and_is_retried(project: Proj
     assert json.loads(result.read_text())["completed"] == 30
     assert not failure.exists()
     assert alive_groups(ledger_entries(project.root)) == []
+    line = next(ln for ln in project.cli("status", "phase14").splitlines() if PATTERN in ln)
+    assert " done " in line and "30 req" in line and "valid simulated" in line
 
 
 def test_server_that_never_gets_healthy_is_a_start_failure(project: Project) -> None:

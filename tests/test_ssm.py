@@ -318,3 +318,22 @@ def test_a_layer_runs_through_ssm_and_s3(aws_env, seaweed, tmp_path) -> None:
         entries.extend(json.loads(ledger.read_text()))
     assert {"unified", "producer", "consumer", "proxy"} <= {e["name"] for e in entries}
     assert alive_groups(entries) == [] and alive_groups(ledger_entries(proj.root)) == []
+
+
+def test_a_pair_that_failed_health_is_not_leased_again_in_the_same_run(tmp_path, monkeypatch) -> None:
+    from disagglab.aws import NodeSpec, PairSpec
+    from disagglab.executor import Executor
+
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg()
+    cfg["executor"] = "ssm"
+    pairs = [PairSpec(i, NodeSpec("node1", f"i-00000000000000{i}a1", "10.0.0.1"), NodeSpec("node2", f"i-00000000000000{i}a2", "10.0.0.2")) for i in range(2)]
+    ex = Executor(transport=None, storage=None, cfg=cfg, pairs=pairs)
+    with ex.lease_pair() as first:
+        assert first.index == 0
+        ex.report_bad_pair(first, "node1 has PingStatus ConnectionLost")
+    with ex.lease_pair() as second:
+        assert second.index == 1
+        ex.report_bad_pair(second, "node2 is not registered with SSM")
+    with pytest.raises(RuntimeError, match="every node pair failed its health check in this run"), ex.lease_pair():
+        pass
