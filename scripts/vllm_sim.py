@@ -11,9 +11,12 @@ Python the vLLM venv provides; it never imports a project package.
 
 Command line
 ------------
-``python vllm_sim.py [--profile-json JSON|@FILE] serve MODEL [vllm serve flags...]``
+``python vllm_sim.py [--profile-json JSON|@FILE] [--trace-max-requests N] serve MODEL [vllm serve flags...]``
 
-Everything from ``serve`` on is a ``vllm serve`` command line.  Understood
+The two sim-only flags must come before ``serve``; ``--trace-max-requests``
+(default 100000, 0 turns tracing off) bounds the ground-truth trace served at
+``GET /sim/trace`` (see below).  Everything from ``serve`` on is a ``vllm
+serve`` command line.  Understood
 flags: ``--host`` (0.0.0.0), ``--port`` (8000), ``--tensor-parallel-size`` /
 ``-tp``, ``--gpu-memory-utilization``, ``--max-num-batched-tokens``,
 ``--max-num-seqs`` (256, caps the decode batch), ``--max-model-len``
@@ -135,6 +138,48 @@ exported with the ``_total`` suffix (in ``# HELP``/``# TYPE`` too) plus a
   ``vllm:nixl_num_notifications_after_expiry_total`` (on P).
   post time = the scaled per-transfer overhead; descriptors = block count.
 
+Ground-truth trace (``GET /sim/trace``)
+--------------------------------------
+Sim-only (vLLM has no such route).  For every completion request that passed
+validation the server records, on its own clocks, when the request arrived
+(the whole request, headers and body, had been read: the earliest instant the
+server could start on it) and when each output token's bytes were handed to
+the transport (the instant just before ``transport.write``;
+tokens the writer coalesced into one write share that instant).  Clients that
+run on the same machine share both clocks: ``*_mono`` is ``time.monotonic()``
+(CLOCK_MONOTONIC, the clock of ``time.perf_counter()`` and asyncio's
+``loop.time()`` on Linux) and ``*_wall`` is ``time.time()``; all in seconds.
+The most recent ``--trace-max-requests`` requests are kept (oldest dropped
+first; each costs about 16 bytes per streamed token plus ~0.5 kB).  Query:
+``?request_id=ID`` returns only the records of that request id (an id that
+was used more than once gives several records); ``?clear=1`` removes the
+returned records after answering (without ``request_id``: everything).
+Answer (200, JSON)::
+
+    {"object": "sim.trace", "enabled": true, "max_requests": N,
+     "stored": K, "dropped": D,          # D = evicted by the bound so far
+     "now_mono": S, "now_wall": S,       # the server's clocks when answering
+     "requests": [                       # oldest first
+       {"request_id": "<X-Request-Id, or a generated uuid hex>", "seq": 1,
+        "endpoint": "completions"|"chat", "stream": true,
+        "status": "ok"|"in_flight"|"aborted"|"error",
+        "kv": "local"|"remote_prefill"|"remote_decode"|"recompute",
+        "prompt_tokens": P, "max_tokens": M, "completion_tokens": T,
+        "arrival_mono": S, "arrival_wall": S,
+        "headers_mono": S,               # handler entry (headers parsed, body not yet read)
+        "prompt_sha1": H|null,           # sha1 of a text prompt's UTF-8 bytes (completions)
+        "scheduled_mono": S|null,        # engine picked it up (prefill start)
+        "engine_first_token_mono": S|null,  # simulated end of its prefill step
+        "first_token_mono": S|null, "first_token_wall": S|null,
+        "end_mono": S|null, "end_wall": S|null,  # after [DONE] / the body
+        "ttft_ms": F|null,               # (first_token - arrival) * 1000
+        "token_mono": [S, ...], "token_wall": [S, ...]}]}   # streams: one per token
+
+For a non-streaming request the answer is one write: ``token_*`` are empty
+and ``first_token_*`` = ``end_*`` = the instant the body was built.
+``first_token_*`` of a stream equals ``token_*[0]``.  Read the trace while
+the server is idle: a large answer is built on the event loop.
+
 Fault injection (tests only)
 ----------------------------
 ``DISAGG_SIM_FAULT=crash_after=N`` (environment only, never a flag): the
@@ -150,6 +195,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import hashlib
 import json
 import logging
 import math
@@ -158,6 +204,7 @@ import signal
 import sys
 import time
 import uuid
+from array import array
 from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -177,6 +224,7 @@ TIMEOUT_ERRORS = (TimeoutError, asyncio.TimeoutError)
 MAX_CATCHUP_S = 0.05  # engine backlog beyond this is dropped, not replayed
 PREFIX_CACHE_BLOCKS = 200_000
 EXPIRED_MEMORY = 10_000  # remembered expired request ids (after-expiry counter)
+TRACE_MAX_REQUESTS = 100_000  # default of --trace-max-requests
 FINISH_REASONS = ("abort", "error", "length", "stop")
 TOKEN_SOURCES = ("external_kv_transfer", "local_cache_hit", "local_compute")
 # vLLM's NixlPromMetrics buckets (vllm/.../nixl/stats.py).
@@ -375,6 +423,7 @@ class ServeConfig:
     side_host: str
     side_port: int
     transport: str
+    trace_max_requests: int = TRACE_MAX_REQUESTS
 
 
 def _human_int(text: str) -> int:
@@ -512,12 +561,21 @@ def parse_cli(argv: list[str], env: dict[str, str]) -> ServeConfig:
     """Parse ``[--profile-json J] serve MODEL [flags]`` into a ServeConfig."""
     top = argparse.ArgumentParser(prog="vllm_sim.py", allow_abbrev=False)
     top.add_argument("--profile-json", default=None, help="timing profile (JSON object or @file)")
+    top.add_argument(
+        "--trace-max-requests",
+        type=int,
+        default=TRACE_MAX_REQUESTS,
+        help="requests kept in the ground-truth trace at GET /sim/trace (0: off)",
+    )
     top.add_argument("command", choices=["serve"])
     top.add_argument("rest", nargs=argparse.REMAINDER)
     ns = top.parse_args(argv)
     rest: list[str] = list(ns.rest)
-    if any(a == "--profile-json" or a.startswith("--profile-json=") for a in rest):
-        raise ConfigError("--profile-json must come before 'serve'")
+    for flag in ("--profile-json", "--trace-max-requests"):
+        if any(a == flag or a.startswith(flag + "=") for a in rest):
+            raise ConfigError(f"{flag} must come before 'serve'")
+    if ns.trace_max_requests < 0:
+        raise ConfigError("--trace-max-requests must be >= 0")
     model: str | None = None
     if rest and not rest[0].startswith("-"):
         model = rest.pop(0)
@@ -560,6 +618,7 @@ def parse_cli(argv: list[str], env: dict[str, str]) -> ServeConfig:
         side_host=env.get("VLLM_NIXL_SIDE_CHANNEL_HOST", "localhost"),
         side_port=side_port,
         transport=pick_transport(kv, env),
+        trace_max_requests=ns.trace_max_requests,
     )
 
 
@@ -1146,6 +1205,145 @@ class KVTransfer:
         return None
 
 
+# --------------------------------------------------------------------------- ground-truth trace
+
+
+def _clocks() -> tuple[float, float]:
+    """(time.monotonic(), time.time()) read back to back."""
+    return time.monotonic(), time.time()
+
+
+@dataclass(eq=False)
+class TraceRecord:
+    """What the server did for one request, on its own clocks (see GET /sim/trace)."""
+
+    seq: int
+    request_id: str
+    endpoint: str
+    stream: bool
+    prompt_tokens: int
+    max_tokens: int
+    arrival_mono: float
+    arrival_wall: float
+    status: str = "in_flight"
+    kv: str = "local"
+    token_mono: array = field(default_factory=lambda: array("d"))
+    token_wall: array = field(default_factory=lambda: array("d"))
+    completion_tokens: int = 0
+    first_mono: float | None = None
+    first_wall: float | None = None
+    end_mono: float | None = None
+    end_wall: float | None = None
+    headers_mono: float | None = None
+    prompt_sha1: str | None = None
+    req: SimRequest | None = None
+
+    def tokens_written(self, count: int) -> None:
+        """``count`` tokens are about to be handed to the transport in one write."""
+        mono, wall = _clocks()
+        if self.first_mono is None:
+            self.first_mono, self.first_wall = mono, wall
+        for _ in range(count):
+            self.token_mono.append(mono)
+            self.token_wall.append(wall)
+        self.completion_tokens += count
+
+    def body_written(self, tokens: int) -> None:
+        """A non-streaming answer carrying ``tokens`` tokens is about to be returned."""
+        self.end_mono, self.end_wall = _clocks()
+        self.first_mono, self.first_wall = self.end_mono, self.end_wall
+        self.completion_tokens = tokens
+
+    def finish(self, status: str) -> None:
+        """Close the record (first status wins; end time kept if already set)."""
+        if self.status == "in_flight":
+            self.status = status
+        if self.end_mono is None:
+            self.end_mono, self.end_wall = _clocks()
+
+    def to_json(self) -> dict[str, Any]:
+        req = self.req
+        ttft = None if self.first_mono is None else round((self.first_mono - self.arrival_mono) * 1000.0, 6)
+        return {
+            "request_id": self.request_id,
+            "seq": self.seq,
+            "endpoint": self.endpoint,
+            "stream": self.stream,
+            "status": self.status,
+            "kv": req.source if req is not None else self.kv,
+            "prompt_tokens": self.prompt_tokens,
+            "max_tokens": self.max_tokens,
+            "completion_tokens": self.completion_tokens,
+            "arrival_mono": self.arrival_mono,
+            "arrival_wall": self.arrival_wall,
+            "headers_mono": self.headers_mono,
+            "prompt_sha1": self.prompt_sha1,
+            "scheduled_mono": req.t_scheduled if req is not None else None,
+            "engine_first_token_mono": req.t_first_token if req is not None else None,
+            "first_token_mono": self.first_mono,
+            "first_token_wall": self.first_wall,
+            "end_mono": self.end_mono,
+            "end_wall": self.end_wall,
+            "ttft_ms": ttft,
+            "token_mono": self.token_mono.tolist(),
+            "token_wall": self.token_wall.tolist(),
+        }
+
+
+def prompt_fingerprint(body: dict[str, Any], chat: bool) -> str | None:
+    """sha1 hex of a text prompt's UTF-8 bytes, so clients that send no request id can be matched."""
+    prompt = None if chat else body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        return None
+    return hashlib.sha1(prompt.encode("utf-8", errors="surrogatepass")).hexdigest()
+
+
+class TraceStore:
+    """The most recent ``max_requests`` TraceRecords, oldest first (0 disables tracing)."""
+
+    def __init__(self, max_requests: int) -> None:
+        self.max_requests = max_requests
+        self.records: deque[TraceRecord] = deque()
+        self.dropped = 0
+        self._seq = 0
+
+    def start(
+        self,
+        request_id: str,
+        endpoint: str,
+        stream: bool,
+        prompt_tokens: int,
+        max_tokens: int,
+        arrival: tuple[float, float],
+    ) -> TraceRecord | None:
+        """Open a record for an accepted request; None when tracing is off."""
+        if self.max_requests <= 0:
+            return None
+        self._seq += 1
+        rec = TraceRecord(self._seq, request_id, endpoint, stream, prompt_tokens, max_tokens, *arrival)
+        self.records.append(rec)
+        while len(self.records) > self.max_requests:
+            self.records.popleft().req = None
+            self.dropped += 1
+        return rec
+
+    def select(self, request_id: str | None) -> list[TraceRecord]:
+        if request_id is None:
+            return list(self.records)
+        return [r for r in self.records if r.request_id == request_id]
+
+    def remove(self, records: list[TraceRecord]) -> None:
+        if len(records) == len(self.records):
+            self.records.clear()
+        else:
+            gone = {id(r) for r in records}
+            self.records = deque(r for r in self.records if id(r) not in gone)
+        for rec in records:
+            rec.req = None
+
+
 # --------------------------------------------------------------------------- HTTP
 
 
@@ -1219,6 +1417,7 @@ class SimServer:
         self.engine_task: asyncio.Task[None] | None = None
         self.served_requests = 0
         self.background: list[asyncio.Task[None]] = []
+        self.trace = TraceStore(cfg.trace_max_requests)
 
     def make_app(self) -> web.Application:
         """The routes vLLM's OpenAI server exposes that the pipeline uses (large bodies allowed)."""
@@ -1229,6 +1428,7 @@ class SimServer:
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/version", self.version)
         app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/sim/trace", self.sim_trace)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         return app
@@ -1279,6 +1479,26 @@ class SimServer:
             charset="utf-8",
             headers={"X-Content-Type-Version": "0.0.4"},
         )
+
+    async def sim_trace(self, request: web.Request) -> web.Response:
+        """Sim-only ground truth: per-request server-clock timings (module docstring)."""
+        request_id = request.query.get("request_id")
+        clear = request.query.get("clear", "").lower() in ("1", "true", "yes")
+        records = self.trace.select(request_id)
+        now_mono, now_wall = _clocks()
+        body = {
+            "object": "sim.trace",
+            "enabled": self.trace.max_requests > 0,
+            "max_requests": self.trace.max_requests,
+            "stored": len(self.trace.records),
+            "dropped": self.trace.dropped,
+            "now_mono": now_mono,
+            "now_wall": now_wall,
+            "requests": [r.to_json() for r in records],
+        }
+        if clear:
+            self.trace.remove(records)
+        return web.Response(text=json.dumps(body), content_type="application/json")
 
     def render_metrics(self) -> str:
         """All metric families; NIXL ones only with a connector, as vLLM registers them."""
@@ -1395,7 +1615,9 @@ class SimServer:
         loop = asyncio.get_running_loop()
         arrival = loop.time()
         try:
-            body = json.loads(await request.read())
+            raw = await request.read()
+            arrival_clocks = _clocks()  # the whole request is in: the trace's arrival
+            body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
             return error_response("Invalid JSON body")
         if not isinstance(body, dict):
@@ -1433,6 +1655,11 @@ class SimServer:
         resp_id = f"{'chatcmpl' if chat else 'cmpl'}-{base_id}"
         hashes = block_hash_chain(units, self.cfg.block_size) if self.cfg.enable_prefix_caching else []
         req = SimRequest(resp_id, n_prompt, max_tokens, hashes, arrival)
+        trace = self.trace.start(base_id, "chat" if chat else "completions", stream, n_prompt, max_tokens, arrival_clocks)
+        if trace is not None:
+            trace.req = req
+            trace.headers_mono = arrival
+            trace.prompt_sha1 = prompt_fingerprint(body, chat)
         self.served_requests += 1
         ordinal = self.served_requests
         created = int(time.time())
@@ -1456,6 +1683,8 @@ class SimServer:
                 elif self.cfg.kv is not None and self.cfg.kv.failure_policy == "fail":
                     req.finished = True
                     self.stats.finished["error"] += 1
+                    if trace is not None:
+                        trace.finish("error")
                     return await self._fail(request, resp, failure, req)
                 else:
                     req.source = "recompute"
@@ -1465,7 +1694,7 @@ class SimServer:
                 return resp or web.Response(status=499)
             self.engine.submit(req)
             if resp is not None:
-                await self._stream(resp, req, chat, created, include_usage, ordinal)
+                await self._stream(resp, req, chat, created, include_usage, ordinal, trace)
                 result: web.StreamResponse = resp
             else:
                 await req.wait_beyond(0)
@@ -1474,6 +1703,8 @@ class SimServer:
                     await req.wait_beyond(req.generated)
                 kv_out = self.kv.create_lease(req) if (remote_decode and self.kv is not None) else None
                 result = web.json_response(self._full_body(req, chat, created, kv_out))
+                if trace is not None and req.finished:
+                    trace.body_written(req.generated)
             self._log_finished(req, loop.time())
             return result
         except ConnectionError:
@@ -1482,6 +1713,8 @@ class SimServer:
         finally:
             if not req.finished:
                 self.engine.abort(req)
+            if trace is not None:
+                trace.finish("aborted" if req.aborted or not req.finished else "ok")
 
     async def _fail(
         self,
@@ -1604,8 +1837,14 @@ class SimServer:
         created: int,
         include_usage: bool,
         ordinal: int,
+        trace: TraceRecord | None = None,
     ) -> None:
-        """Write each token as soon as the engine emits it; coalesce only if the writer fell behind."""
+        """Write each token as soon as the engine emits it; coalesce only if the writer fell behind.
+
+        ``trace`` (if any) gets the instant each write is handed to the transport:
+        aiohttp's ``write`` calls ``transport.write`` synchronously before it may
+        await a drain, so the stamp taken just before it is that instant.
+        """
         middle, last, role = self._frames(req, chat, created)
         sent = 0
         while sent < req.max_tokens:
@@ -1619,6 +1858,8 @@ class SimServer:
             data = middle * (k - 1) + (last if n >= req.max_tokens else middle)
             if sent == 0:
                 data = role + data
+            if trace is not None:
+                trace.tokens_written(k)
             await resp.write(data)
             if sent == 0:
                 self._crash_if_due(ordinal)
@@ -1639,6 +1880,8 @@ class SimServer:
             await resp.write(b"data: " + json.dumps(usage).encode() + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
+        if trace is not None:
+            trace.finish("ok")
 
     def _log_finished(self, req: SimRequest, now: float) -> None:
         """One log line per request with its simulated timings, for debugging runs from logs."""

@@ -10,6 +10,7 @@ each other, to keep the whole file well under a minute on two cores.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import os
@@ -91,13 +92,17 @@ def spawn(
     flags: list[str] | None = None,
     env: dict[str, str] | None = None,
     side_port: int | None = None,
+    sim_flags: list[str] | None = None,
 ) -> Sim:
-    """Start the script in its own session (process group); output goes to a file."""
+    """Start the script in its own session (process group); output goes to a file.
+
+    ``sim_flags`` are the sim-only flags that go before ``serve``.
+    """
     port = free_port()
     argv = [sys.executable, str(SCRIPT)]
     if profile is not None:
         argv += ["--profile-json", json.dumps(profile)]
-    argv += ["serve", MODEL, "--host", HOST, "--port", str(port), *(flags or [])]
+    argv += [*(sim_flags or []), "serve", MODEL, "--host", HOST, "--port", str(port), *(flags or [])]
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_", "FI_", "DISAGG_SIM"))}
     full_env["PYTHONDONTWRITEBYTECODE"] = "1"
     if side_port is not None:
@@ -179,14 +184,14 @@ def metrics(sim: Sim) -> str:
 
 
 def stream_completion(
-    sim: Sim, payload: dict[str, Any], path: str = "/v1/completions"
+    sim: Sim, payload: dict[str, Any], path: str = "/v1/completions", headers: dict[str, str] | None = None
 ) -> tuple[list[str], list[float], float, httpx.Headers]:
     """POST a streaming request; return SSE data payloads, their arrival times, t0."""
     events: list[str] = []
     times: list[float] = []
     with client() as http:
         t0 = time.monotonic()
-        with http.stream("POST", sim.url + path, json=payload) as response:
+        with http.stream("POST", sim.url + path, json=payload, headers=headers) as response:
             assert response.status_code == 200, response.read()
             for line in response.iter_lines():
                 if line.startswith("data: "):
@@ -452,6 +457,96 @@ def test_timing_model_and_prefix_cache(plain: Sim) -> None:
     assert metric(text, "vllm:prompt_tokens_by_source_total", source="local_cache_hit") >= 3999
 
 
+def get_trace(sim: Sim, **query: str) -> dict[str, Any]:
+    """GET /sim/trace with the given query parameters."""
+    response = httpx.get(sim.url + "/sim/trace", params=query, timeout=10.0, trust_env=False)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    return response.json()
+
+
+def test_trace_is_ground_truth_for_a_streamed_request(plain: Sim) -> None:
+    """/sim/trace: one record, max_tokens write times, first token = timing model, client agrees."""
+    rid = f"trace-{os.getpid()}-{time.monotonic_ns()}"
+    n_prompt, n_out = 400, 12
+    prompt = list(range(60000, 60000 + n_prompt))  # never sent before: no prefix-cache hit
+    payload = {"model": MODEL, "prompt": prompt, "max_tokens": n_out, "stream": True}
+    events, times, t0, _ = stream_completion(plain, payload, headers={"X-Request-Id": rid})
+    assert len(events) == n_out + 1  # tokens + [DONE]
+    body = get_trace(plain, request_id=rid)
+    assert body["object"] == "sim.trace" and body["enabled"] is True
+    assert body["max_requests"] == 100000
+    (rec,) = body["requests"]
+    assert rec["request_id"] == rid and rec["endpoint"] == "completions"
+    assert rec["stream"] is True and rec["status"] == "ok" and rec["kv"] == "local"
+    assert (rec["prompt_tokens"], rec["max_tokens"], rec["completion_tokens"]) == (n_prompt, n_out, n_out)
+    mono, wall = rec["token_mono"], rec["token_wall"]
+    assert len(mono) == len(wall) == n_out
+    assert mono == sorted(mono) and rec["first_token_mono"] == mono[0] and rec["first_token_wall"] == wall[0]
+    # Both clocks were read together: their offset is the same at arrival and at every token.
+    offset = rec["arrival_wall"] - rec["arrival_mono"]
+    assert all(abs((w - m) - offset) < 0.002 for m, w in zip(mono, wall))
+
+    # The engine's prefill step lasted exactly the timing model's prefill time...
+    prefill = (PLAIN_PROFILE["prefill_overhead_ms"] / 1000 + n_prompt / PLAIN_PROFILE["prefill_tokens_per_s"]) * PLAIN_PROFILE["time_scale"]
+    assert rec["engine_first_token_mono"] - rec["scheduled_mono"] == pytest.approx(prefill, abs=1e-6)
+    assert rec["headers_mono"] <= rec["arrival_mono"] <= rec["scheduled_mono"]  # the server was idle
+    assert rec["prompt_sha1"] is None  # token ids, not text
+    # ...the first token was written no earlier than the model allows, and soon after it.
+    ttft = rec["first_token_mono"] - rec["arrival_mono"]
+    assert rec["ttft_ms"] == pytest.approx(ttft * 1000, abs=1e-3)
+    assert prefill - 1e-6 <= ttft <= prefill + 0.15, (ttft, prefill)
+    assert rec["first_token_mono"] >= rec["engine_first_token_mono"]
+    # Decode steps run on absolute deadlines, so the last write cannot precede 11 steps of 5 ms.
+    step = PLAIN_PROFILE["decode_ms_per_step"] / 1000
+    assert mono[-1] - rec["engine_first_token_mono"] >= (n_out - 1) * step - 1e-6
+    assert mono[-1] - mono[0] <= (n_out - 1) * step + 0.2
+    assert rec["end_mono"] >= mono[-1]
+
+    # Client and server share CLOCK_MONOTONIC: send <= arrival, and every token is
+    # received after it was written; so the client's TTFT brackets the server's.
+    assert t0 <= rec["arrival_mono"]
+    assert all(times[i] >= mono[i] for i in range(n_out))
+    client_ttft = times[0] - t0
+    assert ttft <= client_ttft <= ttft + 0.1, (client_ttft, ttft)
+
+
+def test_trace_query_clear_and_bound(workdir: Path) -> None:
+    """?request_id filters, ?clear=1 removes what was returned, the store keeps the newest N."""
+    sim = spawn(workdir, "trace-bound", {**PLAIN_PROFILE, "startup_s": 0.0}, sim_flags=["--trace-max-requests", "3"])
+    try:
+        wait_ready(sim)
+        with client() as http:
+            for i in range(5):
+                r = http.post(
+                    sim.url + "/v1/completions",
+                    json={"model": MODEL, "prompt": [i + 1, 2, 3], "max_tokens": 3},
+                    headers={"X-Request-Id": f"t-{i}"},
+                )
+                assert r.status_code == 200
+            anonymous = http.post(sim.url + "/v1/completions", json={"model": MODEL, "prompt": "a b", "max_tokens": 2})
+            bad = http.post(sim.url + "/v1/completions", json={"model": MODEL, "prompt": "a", "max_tokens": 0})
+        assert anonymous.status_code == 200 and bad.status_code == 400  # rejected: not traced
+        body = get_trace(sim)
+        ids = [r["request_id"] for r in body["requests"]]
+        assert body["max_requests"] == 3 and body["stored"] == 3 and body["dropped"] == 3
+        assert ids[:2] == ["t-3", "t-4"] and re.fullmatch(r"[0-9a-f]{32}", ids[2])
+        assert body["requests"][2]["prompt_sha1"] == hashlib.sha1(b"a b").hexdigest()
+        assert [r["seq"] for r in body["requests"]] == [4, 5, 6]
+        t4 = body["requests"][1]
+        assert t4["stream"] is False and t4["completion_tokens"] == 3
+        assert t4["token_mono"] == [] and t4["first_token_mono"] == t4["end_mono"] > t4["arrival_mono"]
+        assert body["now_mono"] >= t4["end_mono"]
+
+        assert get_trace(sim, request_id="t-0")["requests"] == []  # evicted
+        assert [r["request_id"] for r in get_trace(sim, request_id="t-3", clear="1")["requests"]] == ["t-3"]
+        after = get_trace(sim, clear="1")
+        assert after["stored"] == 2 and [r["request_id"] for r in after["requests"]][0] == "t-4"
+        assert get_trace(sim)["stored"] == 0
+    finally:
+        stop(sim)
+
+
 def test_metrics_exposition_format(plain: Sim) -> None:
     text = metrics(plain)
     assert "# TYPE vllm:num_requests_running gauge" in text
@@ -706,6 +801,7 @@ def test_sigterm_exits_zero_quickly_even_mid_stream(workdir: Path) -> None:
             "kv_role",
         ),
         (None, [], {"DISAGG_SIM_FAULT": "explode"}, "explode"),
+        (None, ["--trace-max-requests", "5"], {}, "--trace-max-requests must come before 'serve'"),
     ],
 )
 def test_bad_configuration_exits_2(
