@@ -114,6 +114,9 @@ IDLE_EXPIRY_S = 4.0
 MAX_RESPONSE_HEAD = 64 * 1024
 # Stop reading from a backend while this much of its body waits for a slow client.
 READ_PAUSE_BYTES = 1024 * 1024
+# What asyncio.wait_for raises on a timeout. asyncio.TimeoutError (not the builtin) on purpose:
+# before Python 3.11 they differ, and vLLM venvs may be older.
+WAIT_TIMEOUT = (asyncio.TimeoutError,)
 
 PREFILL = "prefill"
 DECODE = "decode"
@@ -592,7 +595,7 @@ class Pool:
                 loop.create_connection(lambda: Conn(loop), self.backend.host, self.backend.port),
                 self.connect_timeout,
             )
-        except asyncio.TimeoutError:
+        except WAIT_TIMEOUT:
             raise BackendTimeout(f"connect took longer than {self.connect_timeout:g}s") from None
         except OSError as exc:
             raise ConnectFailed(exc) from None
@@ -908,7 +911,7 @@ class Proxy:
             if conn.status != 200:
                 return f"HTTP {conn.status}"
             return None
-        except asyncio.TimeoutError:
+        except WAIT_TIMEOUT:
             return f"timeout (no answer within {timeout:g}s)"
         except BackendFailure as exc:
             return str(exc)
@@ -1323,10 +1326,11 @@ def run(coro: Any) -> None:
     except ImportError:
         asyncio.run(coro)
         return
-    if sys.version_info >= (3, 11):
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    runner_class = getattr(asyncio, "Runner", None)  # Python 3.11+
+    if runner_class is not None:
+        with runner_class(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(coro)
-    else:  # pragma: no cover - older vLLM venvs
+    else:  # older vLLM venvs
         uvloop.install()
         asyncio.run(coro)
 
