@@ -91,9 +91,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .status import status_lines
+    from .status import phase_status, status_json, status_lines
 
-    print("\n".join(status_lines(_phases().plan(args.phase), Path("results") / args.phase)))
+    plan = _phases().plan(args.phase)
+    statuses = phase_status(plan, Path("."), args.configfile)
+    print(status_json(plan, statuses) if args.json else "\n".join(status_lines(plan, statuses)))
     return 0
 
 
@@ -129,8 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("list", help="layers and patterns of a phase")
     p.add_argument("phase", help="e.g. phase14")
     p.set_defaults(func=cmd_list)
-    p = sub.add_parser("status", help="each pattern: done (key numbers), failed (step, node, cause) or pending")
+    p = sub.add_parser("status", help="each pattern: done, out-of-date, running, failed (step, node, cause) or pending")
     p.add_argument("phase", help="e.g. phase14")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--configfile", nargs="+", help="the config file(s) you run Snakemake with (e.g. config/aws.yaml)")
     p.set_defaults(func=cmd_status)
     args = parser.parse_args(argv)
     try:
@@ -141,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         print(f"interrupted: {exc}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `status | head`
+        return 0
 
 
 if __name__ == "__main__":

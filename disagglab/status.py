@@ -1,11 +1,33 @@
-"""`list` and `status`: what a phase holds and where each pattern stands (the seed's commands)."""
+"""`list` and `status`: what a phase holds and where each pattern stands (the seed's commands).
+
+Status reads the files a run leaves (results, failure records) and asks Snakemake itself
+what is out of date (`snakemake --summary`) and what is running (its incomplete markers
+and locks), rather than keeping a second ledger that could disagree with Snakemake's.
+"""
 
 from __future__ import annotations
 
+import base64
 import json
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from .plan import Plan
+
+STATES = ("done", "out-of-date", "running", "incomplete", "failed", "pending", "corrupt")
+
+
+@dataclass
+class PatternStatus:
+    pattern_id: str
+    layer: str
+    backend: str
+    state: str
+    detail: str = ""
+    metrics: dict[str, Any] | None = None
 
 
 def list_lines(plan: Plan) -> list[str]:
@@ -19,30 +41,98 @@ def list_lines(plan: Plan) -> list[str]:
     return lines
 
 
+def snakemake_summary(phase: str, workdir: Path, configfiles: list[str] | None = None) -> dict[str, tuple[str, str]]:
+    """output path -> (status, plan) for every output of the phase, from `snakemake --summary`."""
+    exe = Path(sys.executable).parent / "snakemake"
+    extra = ["--configfile", *configfiles] if configfiles else []
+    out = subprocess.run([str(exe), f"results/{phase}/all.done", "--summary", "--nolock", *extra], cwd=workdir,
+                         capture_output=True, text=True, timeout=600, check=False)
+    rows: dict[str, tuple[str, str]] = {}
+    for line in out.stdout.splitlines():
+        cols = line.split("\t")
+        if len(cols) >= 6 and cols[0] != "output_file":
+            rows[cols[0]] = (cols[4], cols[5])
+    return rows
+
+
+def running_outputs(workdir: Path) -> tuple[set[str], bool]:
+    """Outputs Snakemake marked incomplete (a job writing them), and whether a lock is held."""
+    inc = workdir / ".snakemake" / "incomplete"
+    paths = set()
+    if inc.is_dir():
+        for marker in inc.iterdir():
+            if marker.name == "migration_underway":
+                continue
+            try:
+                paths.add(base64.urlsafe_b64decode(marker.name.encode()).decode())
+            except (ValueError, UnicodeDecodeError):
+                continue
+    locks = workdir / ".snakemake" / "locks"
+    return paths, locks.is_dir() and any(locks.iterdir())
+
+
+def _metrics(result: dict[str, Any]) -> dict[str, Any]:
+    keys = ("completed", "failed", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "output_throughput", "request_goodput")
+    return {k: result.get(k) for k in keys}
+
+
 def pattern_state(results: Path, pid: str) -> tuple[str, str]:
     """(state, detail) from the files a run leaves: a result, a failure record, or nothing."""
     result, failure = results / "runs" / f"{pid}.json", results / "failures" / f"{pid}.json"
     if result.exists():
         try:
             r = json.loads(result.read_text())
-        except ValueError as exc:
-            return "corrupt", f"{result}: {exc}"
-        valid = "valid" if r["validity"]["valid"] else "INVALID: " + "; ".join(r["validity"]["reasons"])
-        sim = " simulated" if r.get("simulated") else ""
-        return "done", f"{r['completed']} req, TTFT p50 {r['median_ttft_ms']:.1f} ms, TPOT p50 {r['median_tpot_ms']:.2f} ms, {valid}{sim}"
+            valid = "valid" if r["validity"]["valid"] else "INVALID: " + "; ".join(r["validity"]["reasons"])
+            sim = " simulated" if r.get("simulated") else ""
+            return "done", f"{r['completed']} req, TTFT p50 {r['median_ttft_ms']:.1f} ms, TPOT p50 {r['median_tpot_ms']:.2f} ms, {valid}{sim}"
+        except (ValueError, KeyError, TypeError) as exc:
+            return "corrupt", f"{result}: unreadable result ({type(exc).__name__}: {exc})"
     if failure.exists():
-        f = json.loads(failure.read_text())
-        return "failed", f"step {f['step']} on {f['node']}: {f['cause']}"
+        try:
+            f = json.loads(failure.read_text())
+            return "failed", f"step {f['step']} on {f['node']}: {f['cause']}"
+        except (ValueError, KeyError) as exc:
+            return "failed", f"{failure}: unreadable failure record ({exc})"
     return "pending", ""
 
 
-def status_lines(plan: Plan, results: Path) -> list[str]:
-    lines, counts = [], {}
+def phase_status(plan: Plan, workdir: Path = Path("."), configfiles: list[str] | None = None) -> list[PatternStatus]:
+    results = workdir / "results" / plan.phase_name
+    summary = snakemake_summary(plan.phase_name, workdir, configfiles)
+    incomplete, locked = running_outputs(workdir)
+    out = []
     for layer in plan.layers:
-        lines.append(f"{layer.id} [{layer.priority}] {layer.name}")
         for pid in layer.pattern_ids:
+            rel = f"results/{plan.phase_name}/runs/{pid}.json"
             state, detail = pattern_state(results, pid)
-            counts[state] = counts.get(state, 0) + 1
-            lines.append(f"  {pid:32s} {state:8s} {detail}")
-    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    return [f"{plan.phase_name}: {summary}", *lines]
+            metrics = None
+            if rel in incomplete:
+                state, detail = ("running", "Snakemake is running this pattern") if locked else (
+                    "incomplete", "a run was killed while measuring it; rerun with --rerun-incomplete")
+            elif state == "done":
+                result = json.loads((workdir / rel).read_text())
+                metrics = _metrics(result)
+                status, plan_col = summary.get(rel, ("ok", "no update"))
+                if plan_col == "update pending":
+                    state, detail = "out-of-date", f"{status}; {detail}"
+            out.append(PatternStatus(pid, layer.id, plan.pattern(pid).backend, state, detail, metrics))
+    return out
+
+
+def status_lines(plan: Plan, statuses: list[PatternStatus]) -> list[str]:
+    total: dict[str, int] = {}
+    lines = []
+    for layer in plan.layers:
+        mine = [s for s in statuses if s.layer == layer.id]
+        counts: dict[str, int] = {}
+        for s in mine:
+            counts[s.state] = counts.get(s.state, 0) + 1
+            total[s.state] = total.get(s.state, 0) + 1
+        lines.append(f"{layer.id} [{layer.priority}] {layer.name}: " + ", ".join(f"{counts[k]} {k}" for k in STATES if k in counts))
+        for s in mine:
+            lines.append(f"  {s.pattern_id:32s} {s.state:11s} {s.detail}")
+    return [f"{plan.phase_name}: " + ", ".join(f"{total[k]} {k}" for k in STATES if k in total), *lines]
+
+
+def status_json(plan: Plan, statuses: list[PatternStatus]) -> str:
+    return json.dumps({"phase": plan.phase_name, "patterns": [asdict(s) for s in statuses]}, indent=2, sort_keys=True)

@@ -1,0 +1,50 @@
+"""`status` for a phase with done, failed, pending, out-of-date and incomplete patterns, and `list`."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from conftest import Project
+
+
+def states(project: Project) -> dict[str, dict]:
+    doc = json.loads(project.cli("status", "phase14", "--json"))
+    assert doc["phase"] == "phase14"
+    return {p["pattern_id"]: p for p in doc["patterns"]}
+
+
+def test_status_reports_every_state_with_reasons(project: Project) -> None:
+    for pid in ("p14-unified-1k-c1", "p14-tcp-1k-c1", "p14-efa-4k-c1"):
+        assert project.snakemake(f"results/phase14/runs/{pid}.json").returncode == 0
+    crashed = project.snakemake("results/phase14/runs/p14-efa-1k-c1.json", env={"DISAGG_SIM_FAULT": "crash_after=3"})
+    assert crashed.returncode != 0
+    doc = project.plan("phase14")
+    doc["layers"][0]["patterns"][0]["prefix_cache"] = True  # p14-unified-1k-c1 now out of date
+    project.write_plan("phase14", doc)
+    # a run killed while measuring leaves Snakemake's incomplete marker and no lock
+    inc = project.root / ".snakemake" / "incomplete"
+    inc.mkdir(parents=True, exist_ok=True)
+    (inc / base64.urlsafe_b64encode(b"results/phase14/runs/p14-efa-4k-c1.json").decode()).write_text("{}")
+
+    s = states(project)
+    assert len(s) == 30
+    assert s["p14-tcp-1k-c1"]["state"] == "done" and s["p14-tcp-1k-c1"]["metrics"]["completed"] == 30
+    assert s["p14-unified-1k-c1"]["state"] == "out-of-date" and "params changed" in s["p14-unified-1k-c1"]["detail"]
+    assert s["p14-efa-1k-c1"]["state"] == "failed" and "step bench on node2" in s["p14-efa-1k-c1"]["detail"]
+    assert s["p14-efa-4k-c1"]["state"] == "incomplete" and "--rerun-incomplete" in s["p14-efa-4k-c1"]["detail"]
+    assert s["p14-unified-20k-c1"]["state"] == "pending"
+    assert sum(1 for p in s.values() if p["state"] == "pending") == 26
+
+    text = project.cli("status", "phase14")
+    assert text.splitlines()[0] == "phase14: 1 done, 1 out-of-date, 1 incomplete, 1 failed, 26 pending"
+    assert "L0 [P0] Baseline comparison: 1 done, 1 out-of-date, 1 incomplete, 1 failed, 2 pending" in text
+    assert "L1 [P1] Concurrency sweep: 12 pending" in text
+
+
+def test_list_shows_layers_and_patterns(project: Project) -> None:
+    text = project.cli("list", "phase15")
+    assert text.startswith("phase15: Prefix caching and offline load")
+    assert "L2 [P2] Offline long context" in text
+    line = next(ln for ln in text.splitlines() if "p15-l2-efa-20k-c8" in ln)
+    assert "efa" in line and "20000 tok" in line and "offline" in line
