@@ -83,6 +83,17 @@ def cmd_phase_done(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare, text_lines, write_html
+
+    threshold = args.threshold if args.threshold is not None else current_config()["compare"]["threshold_pct"]
+    result = compare(Path("results") / args.phase_a, Path("results") / args.phase_b, threshold)
+    print("\n".join(text_lines(result)))
+    if args.html:
+        write_html(result, Path(args.html))
+    return 1 if result.regressions and not args.no_fail else 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from .status import list_lines
 
@@ -128,6 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", required=True)
     p.add_argument("markers", nargs="+")
     p.set_defaults(func=cmd_phase_done)
+    p = sub.add_parser("compare", help="match patterns of two phases and flag regressions (exit 1 if any)")
+    p.add_argument("phase_a", help="the baseline phase, e.g. phase14")
+    p.add_argument("phase_b", help="the phase compared with it, e.g. phase15")
+    p.add_argument("--threshold", type=float, help="percent change that counts as a regression (default: compare.threshold_pct)")
+    p.add_argument("--html", help="also write an HTML comparison here")
+    p.add_argument("--no-fail", action="store_true", help="exit 0 even when a regression is flagged")
+    p.set_defaults(func=cmd_compare)
     p = sub.add_parser("list", help="layers and patterns of a phase")
     p.add_argument("phase", help="e.g. phase14")
     p.set_defaults(func=cmd_list)

@@ -2,6 +2,7 @@
 import json
 import os
 import sys
+from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)
 
@@ -27,6 +28,8 @@ sweep_stale_layer_markers()
 
 wildcard_constraints:
     phase=r"phase[0-9]+",
+    phase_a=r"phase[0-9]+",
+    phase_b=r"phase[0-9]+",
     layer=r"[A-Za-z0-9_-]+",
     pattern=r"[a-z0-9][a-z0-9.-]*",
     role=r"unified|producer|consumer",
@@ -61,6 +64,14 @@ def get_node_file_fingerprint(wildcards):
 
 def get_layer_results(wildcards):
     return _plan_call(PHASES.layer_results, wildcards.phase, wildcards.layer)
+
+
+def get_compared_results(wildcards):
+    """sha256 of every result of both phases: the comparison is redone when any changes."""
+    from disagglab.hashing import sha256_file
+
+    files = sorted(Path("results").glob(f"{wildcards.phase_a}/runs/*.json")) + sorted(Path("results").glob(f"{wildcards.phase_b}/runs/*.json"))
+    return [f"{f}={sha256_file(f)}" for f in files]
 
 
 def get_phase_layers(wildcards):

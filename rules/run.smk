@@ -42,3 +42,14 @@ rule phase_done:
         "results/{phase}/logs/all.log",
     shell:
         "{RUN} phase-done --phase {wildcards.phase} --output {output:q} {input:q} > {log:q} 2>&1"
+
+
+rule compare_phases:
+    output:
+        "results/compare/{phase_a}_vs_{phase_b}.html",
+    log:
+        "results/compare/{phase_a}_vs_{phase_b}.log",
+    params:
+        results=get_compared_results,
+    shell:
+        "{RUN} compare {wildcards.phase_a} {wildcards.phase_b} --no-fail --html {output:q} > {log:q} 2>&1"
