@@ -1,7 +1,7 @@
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint browser
 
 # Create .venv and install the package with its test tools (re-run when pyproject.toml changes).
 setup: $(VENV)/.installed
@@ -19,5 +19,10 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-test: lint
+# Headless Chromium for the report test (Debian packages; needs root, as on CI).
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null)
+
+test: lint browser
 	$(VENV)/bin/python -m pytest -q
