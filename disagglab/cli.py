@@ -94,6 +94,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if result.regressions and not args.no_fail else 0
 
 
+def cmd_track(args: argparse.Namespace) -> int:
+    from . import tracking
+    from .results import git_revision
+
+    plan = _phases().plan(args.phase)
+    summary = tracking.log_phase(plan, Path("results") / args.phase, tracking.tracking_uri(Path("results")), git_revision())
+    print(f"MLflow {tracking.experiment_name(args.phase)}: {len(summary['created'])} created, "
+          f"{len(summary['unchanged'])} unchanged, {len(summary['superseded'])} superseded", file=sys.stderr)
+    atomic_write_json(Path(args.output), summary)
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from .status import list_lines
 
@@ -139,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", required=True)
     p.add_argument("markers", nargs="+")
     p.set_defaults(func=cmd_phase_done)
+    p = sub.add_parser("track", help="log a phase's results to MLflow (idempotent)")
+    p.add_argument("--phase", required=True)
+    p.add_argument("--output", required=True)
+    p.set_defaults(func=cmd_track)
     p = sub.add_parser("compare", help="match patterns of two phases and flag regressions (exit 1 if any)")
     p.add_argument("phase_a", help="the baseline phase, e.g. phase14")
     p.add_argument("phase_b", help="the phase compared with it, e.g. phase15")

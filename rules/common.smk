@@ -74,6 +74,13 @@ def get_compared_results(wildcards):
     return [f"{f}={sha256_file(f)}" for f in files]
 
 
+def get_phase_result_digests(wildcards):
+    """sha256 of the phase's results as they are now: reports and tracking follow them."""
+    from disagglab.hashing import sha256_file
+
+    return [f"{f.name}={sha256_file(f)}" for f in sorted(Path("results").glob(f"{wildcards.phase}/runs/*.json"))]
+
+
 def get_phase_layers(wildcards):
     plan = _plan_call(PHASES.plan, wildcards.phase)
     return [f"results/{wildcards.phase}/{layer.id}.done" for layer in plan.layers]
