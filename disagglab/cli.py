@@ -94,6 +94,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if result.regressions and not args.no_fail else 0
 
 
+def cmd_summary(args: argparse.Namespace) -> int:
+    from .report import write_summary
+
+    write_summary(_phases().plan(args.phase), Path("results") / args.phase, Path(args.output))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    plots = write_report(_phases().plan(args.phase), Path("results") / args.phase, Path(args.html), Path(args.md), Path(args.plots))
+    print(f"report {args.html}: {len(plots)} plots", file=sys.stderr)
+    return 0
+
+
 def cmd_track(args: argparse.Namespace) -> int:
     from . import tracking
     from .results import git_revision
@@ -151,6 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", required=True)
     p.add_argument("markers", nargs="+")
     p.set_defaults(func=cmd_phase_done)
+    p = sub.add_parser("summary", help="results/<phase>/summary.csv: one row per pattern")
+    p.add_argument("--phase", required=True)
+    p.add_argument("--output", required=True)
+    p.set_defaults(func=cmd_summary)
+    p = sub.add_parser("report", help="the phase report (HTML + Markdown + plots)")
+    for a in ("--phase", "--html", "--md", "--plots"):
+        p.add_argument(a, required=True)
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("track", help="log a phase's results to MLflow (idempotent)")
     p.add_argument("--phase", required=True)
     p.add_argument("--output", required=True)

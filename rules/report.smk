@@ -14,3 +14,31 @@ rule track_phase:
         mlflow_db=1,
     shell:
         "{RUN} track --phase {wildcards.phase} --output {output:q} > {log:q} 2>&1"
+
+
+rule summary:
+    output:
+        "results/{phase}/summary.csv",
+    log:
+        "results/{phase}/logs/summary.log",
+    params:
+        results=get_phase_result_digests,
+    shell:
+        "{RUN} summary --phase {wildcards.phase} --output {output:q} > {log:q} 2>&1"
+
+
+rule report:
+    input:
+        summary="results/{phase}/summary.csv",
+        mlflow="results/{phase}/mlflow.json",
+    output:
+        html=report("results/{phase}/report.html", category="Report"),
+        md="results/{phase}/report.md",
+        plots=report(directory("results/{phase}/report_plots"), patterns=["{name}.png"], category="Plots"),
+    log:
+        "results/{phase}/logs/report.log",
+    params:
+        results=get_phase_result_digests,
+    shell:
+        "{RUN} report --phase {wildcards.phase} --html {output.html:q} --md {output.md:q} "
+        "--plots {output.plots:q} > {log:q} 2>&1"

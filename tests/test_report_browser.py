@@ -1,0 +1,79 @@
+"""The phase report as a person sees it: built by Snakemake, opened in headless Chromium.
+Also: building the report again leaves the MLflow run count unchanged."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, Project, make_project
+
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    p = make_project(tmp_path_factory.mktemp("report") / "proj")
+    doc = p.plan("phase14")
+    doc["layers"][0]["patterns"] = doc["layers"][0]["patterns"][:4]  # unified/tcp/efa 1k + unified 4k
+    p.write_plan("phase14", doc)
+    assert p.snakemake("results/phase14/L0.done").returncode == 0
+    out = p.snakemake("results/phase14/report.html")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return p
+
+
+def mlflow_runs(db: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(db) as con:
+        return sorted(con.execute(
+            "select r.name, t.value from runs r join experiments e on r.experiment_id = e.experiment_id "
+            "join tags t on t.run_uuid = r.run_uuid and t.key = 'status' where e.name = 'disagglab-phase14'").fetchall())
+
+
+def test_report_in_headless_chromium(built: Project) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--window-size=1280,2000"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options)
+    try:
+        page = built.root / "results/phase14/report.html"
+        driver.get(page.as_uri())
+        assert "phase14" in driver.title
+        h1 = driver.find_element(By.TAG_NAME, "h1").text
+        assert h1.startswith("phase14 report")
+        loaded = driver.execute_script("return Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length")
+        assert loaded >= 4 and loaded == len(driver.find_elements(By.TAG_NAME, "img"))
+        body = driver.find_element(By.TAG_NAME, "body").text
+        assert "SIMULATED (vLLM stand-in, not real GPU measurements)" in body
+        for pid in json.loads((built.root / "plans/phase14.json").read_text())["layers"][0]["patterns"]:
+            assert pid["id"] in body
+        assert "p14-efa-20k-c1" in body  # a pattern of the plan with no result is listed too
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == [], errors
+        ARTIFACTS.mkdir(exist_ok=True)
+        assert driver.save_screenshot(str(ARTIFACTS / "report-phase14.png"))
+        assert (ARTIFACTS / "report-phase14.png").stat().st_size > 10_000
+    finally:
+        driver.quit()
+
+
+def test_report_twice_keeps_one_mlflow_run_per_pattern(built: Project) -> None:
+    db = built.root / "results/mlflow.db"
+    first = mlflow_runs(db)
+    assert [name for name, _ in first] == ["p14-efa-1k-c1", "p14-tcp-1k-c1", "p14-unified-1k-c1", "p14-unified-4k-c1"]
+    assert {status for _, status in first} == {"current"}
+    again = built.snakemake("results/phase14/report.html", "--forcerun", "report", "track_phase")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert mlflow_runs(db) == first
+    assert "0 created, 4 unchanged" in (built.root / "results/phase14/logs/mlflow.log").read_text()
