@@ -124,8 +124,20 @@ def cmd_track(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from .status import list_lines
 
-    print("\n".join(list_lines(_phases().plan(args.phase))))
-    return 0
+    phases = _phases()
+    if args.phase:
+        print("\n".join(list_lines(phases.plan(args.phase))))
+        return 0
+    bad = 0
+    for path in sorted(PLANS_DIR.glob("phase*.json"), key=lambda p: int(p.stem[5:]) if p.stem[5:].isdigit() else 0):
+        try:
+            plan = phases.plan(path.stem)
+        except InputError as exc:
+            bad += 1
+            print(f"{path.stem}: INVALID ({len(exc.problems)} problems; run: python -m disagglab validate {path})")
+            continue
+        print(f"{plan.phase_name}: {plan.name}: " + ", ".join(f"{lay.id} ({len(lay.pattern_ids)})" for lay in plan.layers))
+    return 2 if bad else 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -185,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--html", help="also write an HTML comparison here")
     p.add_argument("--no-fail", action="store_true", help="exit 0 even when a regression is flagged")
     p.set_defaults(func=cmd_compare)
-    p = sub.add_parser("list", help="layers and patterns of a phase")
-    p.add_argument("phase", help="e.g. phase14")
+    p = sub.add_parser("list", help="the plans, or the layers and patterns of one phase")
+    p.add_argument("phase", nargs="?", help="e.g. phase14; omit to list every plan")
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("status", help="each pattern: done, out-of-date, running, failed (step, node, cause) or pending")
     p.add_argument("phase", help="e.g. phase14")

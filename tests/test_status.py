@@ -48,3 +48,11 @@ def test_list_shows_layers_and_patterns(project: Project) -> None:
     assert "L2 [P2] Offline long context" in text
     line = next(ln for ln in text.splitlines() if "p15-l2-efa-20k-c8" in ln)
     assert "efa" in line and "20000 tok" in line and "offline" in line
+
+
+def test_list_without_a_phase_lists_every_plan(project: Project) -> None:
+    text = project.cli("list")
+    assert text.splitlines() == [
+        "phase14: TCP vs EFA KV transfer, Qwen2.5-7B: L0 (6), L1 (12), L2 (12)",
+        "phase15: Prefix caching and offline load, Qwen2.5-14B TP2: L0 (3), L1 (8), L2 (6)",
+    ]
