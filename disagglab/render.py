@@ -15,6 +15,7 @@ from typing import Any
 
 import jinja2
 
+from . import local_vllm
 from .config import sim_profile
 from .paths import TEMPLATE_DIR
 from .plan import Pattern
@@ -39,6 +40,14 @@ def _combine(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return {**a, **b}
 
 
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Recursive combine: b's keys win, nested objects are merged rather than replaced."""
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def _undefined_is_an_error(value: Any) -> Any:
     if isinstance(value, jinja2.Undefined):
         value._fail_with_undefined_error()  # raises UndefinedError naming the missing variable
@@ -59,6 +68,7 @@ def _env() -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters["combine"] = _combine
+    env.filters["merge"] = _merge
     env.filters["tojson"] = _tojson
     return env
 
@@ -76,15 +86,16 @@ def render_task(pattern: Pattern, role: str, phase: str, cfg: dict[str, Any]) ->
     """The task definition text for one role of a pattern (deterministic for equal inputs)."""
     if role not in pattern.roles:
         raise ValueError(f"pattern {pattern.id} ({pattern.backend}) has no role {role!r}; roles: {', '.join(pattern.roles)}")
-    spec = pattern.spec
+    # Real vLLM on this machine replaces model and venv through configuration (local_vllm.py).
+    spec = local_vllm.effective_spec(cfg, pattern.spec)
     context = {
         "phase": phase,
         "spec": spec,
         "infra": spec["infrastructure"],
         "engine": engine_block(cfg, spec),
-        "transport": cfg["transports"].get(pattern.backend, {"nixl_backends": [], "env": {}}),
         "server": cfg["server"],
         "benchmark": cfg["benchmark"],
+        **local_vllm.render_context(cfg, pattern.backend),
     }
     text = _env().get_template(TEMPLATES[role]).render(**context)
     try:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
+from . import __version__, local_vllm
 from .errors import StepFailed
 from .hashing import atomic_write_json, sha256_file
 from .nodefiles import files_for_pattern, node_file_digests
@@ -81,7 +81,7 @@ def build_result(run: PatternRun, pair: NodePair, task_sha: dict[str, str], run_
     completed = int(bench.get("completed", 0))
     evidence = kv_evidence(run.pattern.backend, node_result.get("metrics"), completed)
     spec = run.pattern.spec
-    infra = spec["infrastructure"]
+    infra = local_vllm.effective_spec(run.cfg, spec)["infrastructure"]
     engine = run.cfg["engine"]
     digests = files_for_pattern(run.pattern, engine, node_file_digests())
     reasons = [] if evidence["valid"] else [evidence["reason"]]
@@ -125,6 +125,7 @@ def build_result(run: PatternRun, pair: NodePair, task_sha: dict[str, str], run_
             "bench_finished_at": _iso(node_result.get("bench_finished_at")),
             "logs": {node: sorted(files) for node, files in collected.items()},
             "kv_metrics": node_result.get("metrics"),
+            "local_vllm": local_vllm.provenance(run.cfg, spec["infrastructure"]["model"]),
         },
         "requests": requests,
     }

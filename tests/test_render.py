@@ -72,8 +72,11 @@ def test_consumer_holds_proxy_and_benchmark_and_producer_does_not() -> None:
 
 
 def test_engine_changes_only_the_executable() -> None:
+    # On the nodes (executor ssm). With executor local, engine vllm also applies the
+    # local_vllm section (model, CPU tuning): tests/test_local_vllm.py.
     vllm_cfg = copy.deepcopy(CFG)
     vllm_cfg["engine"] = "vllm"
+    vllm_cfg["executor"] = "ssm"
     for pid, role in [("p14-unified-1k-c1", "unified"), ("p14-tcp-4k-c1", "producer"), ("p14-efa-4k-c1", "consumer")]:
         sim, real = task(pid, role), task(pid, role, vllm_cfg)
         s_argv, r_argv = sim["servers"][0]["argv"], real["servers"][0]["argv"]
