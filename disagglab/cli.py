@@ -144,7 +144,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .status import phase_status, status_json, status_lines
 
     plan = _phases().plan(args.phase)
-    statuses = phase_status(plan, Path("."), args.configfile)
+    try:
+        statuses = phase_status(plan, Path("."), args.configfile)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     print(status_json(plan, statuses) if args.json else "\n".join(status_lines(plan, statuses)))
     return 0
 

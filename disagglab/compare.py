@@ -1,6 +1,7 @@
 """Phase-to-phase comparison: the same workload measured twice, and what got worse.
 
-Patterns are matched by what they measure (backend, prompt tokens, concurrency), not by id,
+Patterns are matched by what they measure (backend, prompt tokens, concurrency, load mode,
+prefix caching, output length), not by id,
 because ids carry the phase number. A latency that rose, or a throughput that fell, by more
 than the threshold is a regression; the CLI exits non-zero on one so it can gate CI.
 """
@@ -22,7 +23,7 @@ METRICS: dict[str, int] = {
 
 @dataclass
 class Row:
-    key: tuple[str, int, int]
+    key: tuple[Any, ...]
     a_id: str
     b_id: str
     deltas: dict[str, tuple[float, float, float]] = field(default_factory=dict)
@@ -45,19 +46,31 @@ class Comparison:
         return [(f"{r.b_id} vs {r.a_id}", m) for r in self.rows for m in r.regressions]
 
 
-def _load(results: Path) -> tuple[dict[tuple[str, int, int], tuple[str, dict[str, Any]]], list[str]]:
+def match_key(r: dict[str, Any]) -> tuple[Any, ...]:
+    """What a result measured: backend, prompt, load, and every setting that changes the workload."""
+    spec = r["spec"]
+    return (r["description"]["backend"], int(spec["prompt_tokens"]), int(spec["concurrency"]), spec.get("measurement_type", "online"),
+            spec.get("request_rate"), bool(spec.get("prefix_cache", False)), int(spec["max_tokens"]))
+
+
+def _load(results: Path) -> tuple[dict[tuple[Any, ...], tuple[str, dict[str, Any]]], list[str]]:
     found, skipped = {}, []
     for path in sorted((results / "runs").glob("*.json")):
         try:
             r = json.loads(path.read_text())
-            key = (r["description"]["backend"], int(r["spec"]["prompt_tokens"]), int(r["spec"]["concurrency"]))
+            key = match_key(r)
         except (ValueError, KeyError, TypeError) as exc:
             skipped.append(f"{path}: unreadable ({type(exc).__name__})")
             continue
         if not r.get("validity", {}).get("valid", False):
             skipped.append(f"{path}: invalid result ({'; '.join(r['validity'].get('reasons', []))})")
             continue
+        if key in found:
+            skipped.append(f"{path}: measures the same workload as {found[key][0]}; neither is compared")
+            found[key] = ("", {})
+            continue
         found[key] = (r["pattern_id"], r)
+    found = {k: v for k, v in found.items() if v[0]}
     return found, skipped
 
 
@@ -84,7 +97,7 @@ def compare(results_a: Path, results_b: Path, threshold_pct: float) -> Compariso
 def text_lines(c: Comparison) -> list[str]:
     lines = [f"{c.phase_b} vs {c.phase_a}: {len(c.rows)} matched patterns, threshold {c.threshold_pct:g}%"]
     for r in c.rows:
-        backend, tokens, conc = r.key
+        backend, tokens, conc = r.key[:3]
         flag = "REGRESSION " + ",".join(r.regressions) if r.regressions else "ok"
         parts = [f"{m} {d[2]:+.1f}%" for m, d in r.deltas.items() if m in ("median_ttft_ms", "median_tpot_ms", "output_throughput")]
         lines.append(f"  {backend:8s} {tokens:>6d} tok c={conc:<3d} {r.b_id} vs {r.a_id}: {', '.join(parts)}  {flag}")
@@ -108,7 +121,7 @@ def write_html(c: Comparison, out: Path) -> None:
                 cells.append(f"<td{cls}>{va:.2f} &rarr; {vb:.2f} ({pct:+.1f}%)</td>")
             else:
                 cells.append("<td>-</td>")
-        backend, tokens, conc = r.key
+        backend, tokens, conc = r.key[:3]
         body.append(f"<tr><td>{e(backend)}</td><td>{tokens}</td><td>{conc}</td><td>{e(r.a_id)}</td><td>{e(r.b_id)}</td>{''.join(cells)}</tr>")
     extra = "".join(f"<p>{e(label)}: {e(', '.join(ids))}</p>" for label, ids in
                     ((f"Only in {c.phase_a}", c.only_a), (f"Only in {c.phase_b}", c.only_b), ("Skipped", c.skipped)) if ids)

@@ -42,7 +42,8 @@ def build_script(node_dir: str, boot: Bootstrap, args: list[str], region: str | 
     """The bash script one step sends: fetch the runner by key, verify it, exec it."""
     q = shlex.quote
     runner = f"{node_dir}/{RUNNER_PATH}"
-    fail = (f"echo 'RUNNER-RESULT {{\"ok\": false, \"step\": \"bootstrap\", \"cause\": \"'\"$1\"'\"}}'; exit {BOOTSTRAP_EXIT}")
+    # quotes and backslashes are dropped from the cause so the line stays valid JSON
+    fail = (f"m=${{1//[\\\"\\\\]/}}; echo 'RUNNER-RESULT {{\"ok\": false, \"step\": \"bootstrap\", \"cause\": \"'\"$m\"'\"}}'; exit {BOOTSTRAP_EXIT}")
     lines = [
         "#!/bin/bash",
         "set -u",
@@ -142,7 +143,8 @@ class SsmTransport:
     def run_step(self, node: Node, phase: str, args: list[str], timeout_s: float) -> StepOutcome:
         iid = node.instance_id
         boot = self.boot[iid]
-        execution_timeout = max(60, min(172800, int(timeout_s)))
+        # The step's own budget, capped by aws.ssm.execution_timeout_s (SSM allows 1 s to 48 h).
+        execution_timeout = max(60, min(self.execution_timeout_s, 172800, int(timeout_s)))
         script = build_script(self.node_dir(node, phase), boot, args, self.region)
         assert isinstance(self.storage, S3Storage)
         resp = self.ssm.send_command(

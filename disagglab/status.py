@@ -47,6 +47,9 @@ def snakemake_summary(phase: str, workdir: Path, configfiles: list[str] | None =
     extra = ["--configfile", *configfiles] if configfiles else []
     out = subprocess.run([str(exe), f"results/{phase}/all.done", "--summary", "--nolock", *extra], cwd=workdir,
                          capture_output=True, text=True, timeout=600, check=False)
+    if out.returncode != 0:
+        tail = "\n".join((out.stderr or out.stdout).strip().splitlines()[-15:])
+        raise RuntimeError(f"snakemake --summary failed (exit {out.returncode}); status cannot tell what is out of date:\n{tail}")
     rows: dict[str, tuple[str, str]] = {}
     for line in out.stdout.splitlines():
         cols = line.split("\t")

@@ -1,6 +1,7 @@
 # Shared helpers: configuration, lazy plan loading, wildcard constraints, input functions.
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -20,7 +21,7 @@ except InputError as exc:
 os.environ[ENV_VAR] = json.dumps(config, sort_keys=True)
 PYTHON = sys.executable
 BASEDIR = workflow.basedir
-RUN = f"PYTHONPATH={BASEDIR} {PYTHON} -m disagglab"
+RUN = f"PYTHONPATH={shlex.quote(BASEDIR)} {shlex.quote(PYTHON)} -m disagglab"
 PHASES = Phases(PLANS_DIR, config)
 
 sweep_stale_layer_markers()
@@ -75,10 +76,11 @@ def get_compared_results(wildcards):
 
 
 def get_phase_result_digests(wildcards):
-    """sha256 of the phase's results as they are now: reports and tracking follow them."""
+    """sha256 of the phase's results and failure records: reports and tracking follow them."""
     from disagglab.hashing import sha256_file
 
-    return [f"{f.name}={sha256_file(f)}" for f in sorted(Path("results").glob(f"{wildcards.phase}/runs/*.json"))]
+    files = sorted(Path("results").glob(f"{wildcards.phase}/runs/*.json")) + sorted(Path("results").glob(f"{wildcards.phase}/failures/*.json"))
+    return [f"{f.parent.name}/{f.name}={sha256_file(f)}" for f in files]
 
 
 def get_phase_layers(wildcards):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -42,3 +43,21 @@ def test_an_injected_regression_is_flagged_and_fails_the_cli(project: Project) -
     same = subprocess.run([sys.executable, "-m", "disagglab", "compare", "phase13", "phase14"], cwd=project.root,
                           capture_output=True, text=True, check=False)
     assert same.returncode == 0 and same.stdout.splitlines()[-1] == "0 regression(s)"
+
+
+def test_two_results_of_the_same_workload_are_not_silently_merged(project: Project) -> None:
+    doc = project.plan("phase14")
+    doc["layers"] = [{**doc["layers"][0], "patterns": [doc["layers"][0]["patterns"][1],
+                                                       {**doc["layers"][0]["patterns"][1], "id": "p14-tcp-1k-c1-pc", "prefix_cache": True}]}]
+    project.write_plan("phase14", doc)
+    assert project.snakemake("results/phase14/L0.done").returncode == 0
+    shutil.copytree(project.root / "results/phase14", project.root / "results/phase13")
+    out = subprocess.run([sys.executable, "-m", "disagglab", "compare", "phase13", "phase14"], cwd=project.root,
+                         capture_output=True, text=True, check=False)
+    assert out.stdout.splitlines()[0] == "phase14 vs phase13: 2 matched patterns, threshold 10%"  # prefix cache on/off kept apart
+    dup = json.loads((project.root / "results/phase13/runs/p14-tcp-1k-c1.json").read_text())
+    (project.root / "results/phase13/runs/p14-tcp-1k-c1-copy.json").write_text(json.dumps({**dup, "pattern_id": "p14-tcp-1k-c1-copy"}))
+    out = subprocess.run([sys.executable, "-m", "disagglab", "compare", "phase13", "phase14"], cwd=project.root,
+                         capture_output=True, text=True, check=False)
+    assert out.stdout.splitlines()[0] == "phase14 vs phase13: 1 matched patterns, threshold 10%"
+    assert "measures the same workload as p14-tcp-1k-c1" in out.stdout

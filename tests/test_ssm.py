@@ -337,3 +337,29 @@ def test_a_pair_that_failed_health_is_not_leased_again_in_the_same_run(tmp_path,
         ex.report_bad_pair(second, "node2 is not registered with SSM")
     with pytest.raises(RuntimeError, match="every node pair failed its health check in this run"), ex.lease_pair():
         pass
+
+
+def test_a_command_without_a_final_status_is_cancelled_at_the_deadline(aws_env, storage, tmp_path) -> None:
+    ticks = iter(range(0, 10_000_000, 600))
+    t = transport(storage, tmp_path, clock=lambda: float(next(ticks)), sleep=lambda s: None)
+    node = online_node()
+    key, sha = deploy_runner(storage)
+    t.prepare(node, "phase1", storage, key, sha, sys.executable)
+    cancelled = []
+    real_cancel = t.ssm.cancel_command
+    t.ssm.cancel_command = lambda **kw: (cancelled.append(kw), real_cancel(**kw))
+    # no agent: the invocation stays Pending forever
+    outcome = t.run_step(node, "phase1", ["stop", "--node-dir", t.node_dir(node, "phase1"), "--pattern", "p1-x"], 300)
+    assert not outcome.ok and "no final SSM status" in outcome.cause and node.instance_id in outcome.cause
+    assert cancelled == [{"CommandId": t.sent[0], "InstanceIds": [node.instance_id]}]
+
+
+def test_execution_timeout_is_capped_by_config(aws_env, storage, tmp_path) -> None:
+    t = transport(storage, tmp_path, execution_timeout_s=120)
+    node = online_node()
+    key, sha = deploy_runner(storage)
+    t.prepare(node, "phase1", storage, key, sha, sys.executable)
+    with FakeAgent(REGION, storage.client, node_env(aws_env)):
+        assert t.run_step(node, "phase1", ["stop", "--node-dir", t.node_dir(node, "phase1"), "--pattern", "p1-x"], 5000).ok
+    cmd = boto3.client("ssm", region_name=REGION).list_commands(CommandId=t.sent[0])["Commands"][0]
+    assert cmd["Parameters"]["executionTimeout"] == ["120"]

@@ -56,3 +56,12 @@ def test_list_without_a_phase_lists_every_plan(project: Project) -> None:
         "phase14: TCP vs EFA KV transfer, Qwen2.5-7B: L0 (6), L1 (12), L2 (12)",
         "phase15: Prefix caching and offline load, Qwen2.5-14B TP2: L0 (3), L1 (8), L2 (6)",
     ]
+
+
+def test_status_fails_loudly_when_snakemake_cannot_plan(project: Project) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "disagglab", "status", "phase14", "--configfile", "/nonexistent.yaml"],
+                         cwd=project.root, capture_output=True, text=True, check=False)
+    assert out.returncode == 2 and "snakemake --summary failed" in out.stderr and "nonexistent.yaml" in out.stderr
