@@ -101,7 +101,8 @@ class PatternRun:
         failure_path = self.results_dir / "failures" / f"{self.pattern.id}.json"
         pair: NodePair | None = None
         used: list[Node] = []
-        started_nodes: list[Node] = []
+        prepared: list[Node] = []
+        """Nodes that have the runner: only these can be stopped or collected from."""
         step_reports: dict[str, Any] = {}
         error: BaseException | None = None
         stop_errors: list[str] = []
@@ -133,13 +134,12 @@ class PatternRun:
                                 self.executor.report_bad_pair(pair, str(exc))
                                 self.log(f"node pair {pair.index} is not used again in this run: {exc}")
                             raise StepFailed("fetch", node.name, str(exc)) from None
+                        prepared.append(node)
                         self._step(node, ["fetch", "--node-dir", transport.node_dir(node, self.phase), "--store", storage.url,
                                           "--manifest-key", manifest_key, "--manifest-sha256", manifest_sha], STEP_TIMEOUT_S["fetch"])
                     grace = str(self.cfg["server"]["stop_grace_s"])
                     for role in self.pattern.roles:
                         node = pair.node(ROLE_NODE[role])
-                        if node not in started_nodes:
-                            started_nodes.append(node)
                         self.log(f"start {role} on {node.name}")
                         step_reports[f"start:{role}"] = self._step(node, [
                             "start", "--node-dir", transport.node_dir(node, self.phase), "--task", f"tasks/{self.pattern.id}/{role}.json",
@@ -156,8 +156,8 @@ class PatternRun:
                     error = exc
                 finally:
                     interrupted_at = self.current
-                    stop_errors = self._stop_all(started_nodes or used)
-                    collected = self._collect_all(used, run_id)
+                    stop_errors = self._stop_all(prepared)
+                    collected = self._collect_all(prepared, run_id)
         except Interrupted as exc:  # a second signal while stopping
             error = error or exc
             stop_errors = stop_errors or ["interrupted while stopping"]
@@ -166,6 +166,13 @@ class PatternRun:
         finished = time.time()
         if error is None and stop_errors:
             error = StepFailed("stop", "/".join(n.name for n in used), "; ".join(stop_errors))
+        result: dict[str, Any] | None = None
+        if error is None:
+            assert pair is not None
+            try:
+                result = build_result(self, pair, task_sha, run_id, started, finished, collected, step_reports)
+            except Exception as exc:  # noqa: BLE001 - e.g. the node result never came back
+                error = exc if isinstance(exc, StepFailed) else StepFailed("collect", "control", f"{type(exc).__name__}: {exc}")
         if error is not None:
             self.current = interrupted_at
             record = failure_record(self, error, started, finished, run_id, collected)
@@ -174,8 +181,7 @@ class PatternRun:
             if isinstance(error, Interrupted):
                 raise KeyboardInterrupt(str(error))
             raise SystemExit(1)
-        assert pair is not None
-        result = build_result(self, pair, task_sha, run_id, started, finished, collected, step_reports)
+        assert result is not None
         output = self.results_dir / "runs" / f"{self.pattern.id}.json"
         write_result(output, result)
         failure_path.unlink(missing_ok=True)
@@ -195,6 +201,8 @@ class PatternRun:
                                   "--pattern", self.pattern.id, "--grace", str(self.cfg["server"]["stop_grace_s"])], STEP_TIMEOUT_S["stop"])
             except StepFailed as exc:
                 errors.append(f"{node.name}: {exc.cause}")
+            except Exception as exc:  # noqa: BLE001 - keep stopping the other node whatever broke here
+                errors.append(f"{node.name}: {type(exc).__name__}: {exc}")
         return errors
 
     def _collect_all(self, nodes: list[Node], run_id: str) -> dict[str, dict[str, Path]]:
@@ -206,8 +214,8 @@ class PatternRun:
             try:
                 report = self._step(node, ["collect", "--node-dir", self.executor.transport.node_dir(node, self.phase),
                                            "--pattern", self.pattern.id, "--store", storage.url, "--output-prefix", prefix], STEP_TIMEOUT_S["collect"])
-            except StepFailed as exc:
-                self.log(f"collect on {node.name} failed: {exc.cause}")
+            except Exception as exc:  # noqa: BLE001 - logs are best effort; the result check comes later
+                self.log(f"collect on {node.name} failed: {getattr(exc, 'cause', exc)}")
                 continue
             files = {}
             for item in report.get("uploaded", []):

@@ -149,8 +149,9 @@ def failure_record(run: PatternRun, error: BaseException, started: float, finish
     elif type(error).__name__ == "Interrupted":
         step, node = run.current
         cause, status, tail = f"interrupted by {error} during step '{step}' on {node}", None, []
-    else:
-        step, node, cause, status, tail = "control", "control", f"{type(error).__name__}: {error}", None, []
+    else:  # an API or control-side error: say which step and node it interrupted
+        step, node = run.current
+        cause, status, tail = f"{type(error).__name__}: {error}", None, []
     return {
         "schema_version": SCHEMA_VERSION,
         "phase": run.phase,
