@@ -486,6 +486,7 @@ def test_trace_is_ground_truth_for_a_streamed_request(plain: Sim) -> None:
     # Both clocks were read together: their offset is the same at arrival and at every token.
     offset = rec["arrival_wall"] - rec["arrival_mono"]
     assert all(abs((w - m) - offset) < 0.002 for m, w in zip(mono, wall))
+    assert abs(rec["arrival_wall"] - time.time()) < 60 and abs(rec["first_token_mono"] - time.monotonic()) < 60
 
     # The engine's prefill step lasted exactly the timing model's prefill time...
     prefill = (PLAIN_PROFILE["prefill_overhead_ms"] / 1000 + n_prompt / PLAIN_PROFILE["prefill_tokens_per_s"]) * PLAIN_PROFILE["time_scale"]
