@@ -4,7 +4,11 @@ VENV := .venv
 VLLM_VENV ?= .venv-vllm
 TINY_MODEL ?= .models/tiny-llama
 
-.PHONY: setup demo test lint browser vllm-cpu test-vllm
+.PHONY: setup demo test lint browser vllm-cpu test-vllm check-vllm-flags
+# vLLM's own parser for the plans' vllm_version, installed CPU-only (make check-vllm-flags).
+ARGCHECK_VERSION ?= 0.15.1
+ARGCHECK_VENV ?= .venv-argcheck-$(ARGCHECK_VERSION)
+PLANS ?= $(wildcard plans/phase*.json)
 
 # Create .venv and install the package with its test tools (re-run when pyproject.toml changes).
 setup: $(VENV)/.installed
@@ -40,6 +44,14 @@ $(VLLM_VENV)/.installed: tools/setup_vllm_cpu.sh tools/nixl_pthr_delay.py
 $(TINY_MODEL)/MANIFEST.json: tools/make_tiny_model.py $(VLLM_VENV)/.installed
 	$(VLLM_VENV)/bin/python tools/make_tiny_model.py $(TINY_MODEL)
 
-# Real vLLM through the whole pipeline: one unified and one tcp pattern (~6 min).
-test-vllm: setup vllm-cpu
-	$(VENV)/bin/python -m pytest -m vllm_cpu -q -p no:cacheprovider tests/test_local_vllm_slow.py
+# Every `vllm serve` command line of the plans, checked by vLLM's own parser (no GPU).
+check-vllm-flags: setup $(ARGCHECK_VENV)/.installed
+	$(VENV)/bin/python -m disagglab.flagcheck --python $(ARGCHECK_VENV)/bin/python $(PLANS)
+
+$(ARGCHECK_VENV)/.installed: tools/setup_vllm_argcheck.sh
+	PYTHON=$(PYTHON) bash tools/setup_vllm_argcheck.sh $(ARGCHECK_VERSION) $(ARGCHECK_VENV)
+	touch $@
+
+# Real vLLM: one unified and one tcp pattern through the pipeline, and the flag checker (~8 min).
+test-vllm: setup vllm-cpu $(ARGCHECK_VENV)/.installed
+	$(VENV)/bin/python -m pytest -m vllm_cpu -q -p no:cacheprovider tests/test_local_vllm_slow.py tests/test_flagcheck.py
