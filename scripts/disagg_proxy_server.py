@@ -67,7 +67,7 @@ Metrics (``GET /metrics``, Prometheus text format 0.0.4):
   ``proxy`` with ``shutting_down``;
 * ``disagg_proxy_prefill_seconds``, ``disagg_proxy_decode_first_byte_seconds``,
   ``disagg_proxy_request_seconds``: histograms of the P request, of D's first byte, and of the
-  whole request (arrival to the end of the relayed answer);
+  whole request (body received to the end of the relayed answer; requests D answered);
 * ``disagg_proxy_in_flight_requests``: completions being handled now;
 * ``disagg_proxy_backend_healthy{role,backend}``: 1 in the round robin, 0 ejected;
 * ``disagg_proxy_backend_ejections_total{role,backend}``;
@@ -94,6 +94,7 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +113,8 @@ CLIENT_MAX_BODY = 256 * 1024 * 1024
 IDLE_EXPIRY_S = 4.0
 # A backend's response head larger than this is a protocol error.
 MAX_RESPONSE_HEAD = 64 * 1024
+# Arrays at least this long (token-id prompts) are validated while P works, not before.
+DEFER_MIN_CHARS = 512
 # Stop reading from a backend while this much of its body waits for a slow client.
 READ_PAUSE_BYTES = 1024 * 1024
 # What asyncio.wait_for raises on a timeout. asyncio.TimeoutError (not the builtin) on purpose:
@@ -243,12 +246,15 @@ class NotAnObject(ValueError):
     """Valid JSON, but not an object."""
 
 
-def parse_members(text: str) -> list[tuple[str, Any, int, int]]:
+def parse_members(text: str, deferred: list[tuple[int, int]] | None = None) -> list[tuple[str, Any, int, int]]:
     """The members of a top-level JSON object: (key, value, start, end) with
     ``text[start:end]`` the member's own text (``"key": value``).
 
     Exactly as strict as ``json.loads`` (every value goes through the same C scanner), but
     the spans let a changed request be spliced from the original text instead of re-encoded.
+    With ``deferred``, long flat arrays (token-id prompts: no string, array or object inside)
+    are only delimited, not parsed: their value is None and their span is added to
+    ``deferred``; check_deferred() must then parse them before the request is trusted.
     """
     i = _skip_ws(text, 0).end()
     if text[i : i + 1] != "{":
@@ -268,10 +274,15 @@ def parse_members(text: str) -> list[tuple[str, Any, int, int]]:
             if text[i : i + 1] != ":":
                 raise ValueError(f"Expecting ':' delimiter: char {i}")
             i = _skip_ws(text, i + 1).end()
-            try:
-                value, i = _scan_value(text, i)
-            except StopIteration as exc:
-                raise ValueError(f"Expecting value: char {exc.value}") from None
+            end = _flat_array_end(text, i) if deferred is not None else -1
+            if end > 0:
+                deferred.append((i, end))  # type: ignore[union-attr]
+                value, i = None, end
+            else:
+                try:
+                    value, i = _scan_value(text, i)
+                except StopIteration as exc:
+                    raise ValueError(f"Expecting value: char {exc.value}") from None
             members.append((key, value, start, i))
             i = _skip_ws(text, i).end()
             delimiter = text[i : i + 1]
@@ -283,6 +294,34 @@ def parse_members(text: str) -> list[tuple[str, Any, int, int]]:
     if _skip_ws(text, i).end() != len(text):
         raise ValueError(f"Extra data: char {i}")
     return members
+
+
+def _flat_array_end(text: str, i: int) -> int:
+    """End of a long array at ``i`` holding no string, array or object (found with memchr-speed
+    searches, nothing parsed); -1 if ``i`` starts anything else."""
+    if text[i : i + 1] != "[":
+        return -1
+    close = text.find("]", i)
+    if close - i < DEFER_MIN_CHARS or text.find('"', i, close) >= 0 or text.find("[", i + 1, close) >= 0 or text.find("{", i, close) >= 0:
+        return -1
+    return close + 1
+
+
+class InvalidClientJSON(ValueError):
+    """A deferred part of the client's body is not valid JSON (a 400, found late)."""
+
+
+def check_deferred(text: str, deferred: list[tuple[int, int]]) -> None:
+    """Parse what parse_members() only delimited; InvalidClientJSON as json.loads would fail."""
+    for start, end in deferred:
+        try:
+            _, stop = _scan_value(text, start)
+        except StopIteration as exc:
+            raise InvalidClientJSON(f"Expecting value: char {exc.value}") from None
+        except ValueError as exc:
+            raise InvalidClientJSON(str(exc)) from None
+        if stop != end:
+            raise InvalidClientJSON(f"Expecting ',' delimiter: char {stop}")
 
 
 def prefill_body(text: str, members: list[tuple[str, Any, int, int]]) -> bytes:
@@ -578,6 +617,14 @@ class Conn(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def close(self) -> None:
+        """A clean close (FIN) after a complete response, an abort (RST) otherwise."""
+        if not self.complete:
+            self.abort()
+        elif self.transport is not None:
+            self.closed = True
+            self.transport.close()
+
 
 class Pool:
     """Keep-alive connections to one backend; no limit on their number (as limit=0)."""
@@ -612,26 +659,34 @@ class Pool:
             conn.abort()
         return None
 
-    async def request(self, head: bytes, body: bytes, timeout: float, head_only: bool = False) -> Conn:
-        """Send one request, wait for the response head. A pooled connection that turns out to
-        be closed before any answer byte is replaced by a fresh one, once."""
+    async def request(
+        self, head: bytes, body: bytes, timeout: float, head_only: bool = False, after_send: Callable[[], None] | None = None
+    ) -> Conn:
+        """Send one request, call ``after_send`` (work that can overlap the backend's), wait for
+        the response head. A pooled connection that turns out to be closed before any answer
+        byte is replaced by a fresh one, once."""
         conn = self._idle_conn()
         if conn is not None:
             try:
-                return await self._exchange(conn, head, body, timeout, head_only)
+                return await self._exchange(conn, head, body, timeout, head_only, after_send)
             except Disconnected:
                 if conn.got_bytes:
                     raise
-        return await self._exchange(await self._connect(), head, body, timeout, head_only)
+            after_send = None  # it ran
+        return await self._exchange(await self._connect(), head, body, timeout, head_only, after_send)
 
     @staticmethod
-    async def _exchange(conn: Conn, head: bytes, body: bytes, timeout: float, head_only: bool) -> Conn:
+    async def _exchange(
+        conn: Conn, head: bytes, body: bytes, timeout: float, head_only: bool, after_send: Callable[[], None] | None = None
+    ) -> Conn:
         conn.new_response(head_only)
         assert conn.transport is not None
         try:
             conn.transport.write(head + body if len(body) < 65536 else head)
             if len(body) >= 65536:
                 conn.transport.write(body)
+            if after_send is not None:
+                after_send()
             await conn.read_head(timeout)
         except BaseException:
             conn.abort()
@@ -747,7 +802,7 @@ class Metrics:
             "disagg_proxy_decode_first_byte_seconds", "Time from sending the request to D until D's first body bytes."
         )
         self.total = Histogram(
-            "disagg_proxy_request_seconds", "Time from a completion's arrival to the end of the relayed answer (requests D answered)."
+            "disagg_proxy_request_seconds", "Time from the start of a completion's handling to the end of the relayed answer (requests D answered)."
         )
 
     def render(self, proxy: Proxy) -> str:
@@ -917,7 +972,7 @@ class Proxy:
             return str(exc)
         finally:
             if conn is not None:
-                conn.abort()
+                conn.close()
 
     @staticmethod
     async def _probe_exchange(pool: Pool, head: bytes) -> Conn:
@@ -982,9 +1037,10 @@ class Proxy:
             response.force_close()
             return response
         raw = await request.read()
+        deferred: list[tuple[int, int]] = []
         try:
             text = raw.decode("utf-8")
-            members = parse_members(text)
+            members = parse_members(text, deferred)
         except NotAnObject:
             return self._client_error("request body must be a JSON object", request_id)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -1002,7 +1058,11 @@ class Proxy:
         if authorization:
             extra += f"Authorization: {_header_value(authorization)}\r\n"
         try:
-            return await self._proxy(request, raw, text, members, extra, stats, prefill, decode)
+            return await self._proxy(request, raw, text, members, deferred, extra, stats, prefill, decode)
+        except InvalidClientJSON as exc:
+            stats.status = 400
+            stats.error = f"request body is not valid JSON: {exc}"
+            return self._client_error(stats.error, request_id)
         except BackendError as err:
             stats.status = 502
             stats.error = str(err)
@@ -1036,14 +1096,19 @@ class Proxy:
         raw: bytes,
         text: str,
         members: list[tuple[str, Any, int, int]],
+        deferred: list[tuple[int, int]],
         extra: str,
         stats: RequestStats,
         prefill: BackendState,
         decode: BackendState,
     ) -> web.StreamResponse:
-        """The two legs of one request; BackendError means nothing was sent to the client."""
+        """The two legs of one request; BackendError means nothing was sent to the client.
+
+        Long token-id arrays are validated while P works on the request (InvalidClientJSON: a
+        400, P's connection is dropped and D never sees the request)."""
         start = time.perf_counter()
-        kv_member = await self._prefill(prefill, request.path, prefill_body(text, members), extra)
+        validate = (lambda: check_deferred(text, deferred)) if deferred else None
+        kv_member = await self._prefill(prefill, request.path, prefill_body(text, members), extra, validate)
         elapsed = time.perf_counter() - start
         stats.prefill_ms = elapsed * 1000.0
         self.metrics.prefill.observe(elapsed)
@@ -1061,11 +1126,14 @@ class Proxy:
         body = decode_body(raw, text, members, kv_member)
         return await self._relay_decode(request, decode, body, extra, stats)
 
-    async def _prefill(self, state: BackendState, path: str, body: bytes, extra: str) -> str | None:
+    async def _prefill(
+        self, state: BackendState, path: str, body: bytes, extra: str, after_send: Callable[[], None] | None = None
+    ) -> str | None:
         """Run the one-token request on P, read it fully, return its kv_transfer_params member."""
         pool = state.pool
         try:
-            conn = await pool.request(request_head("POST", path, pool.host_header, len(body), extra), body, self.read_timeout)
+            head = request_head("POST", path, pool.host_header, len(body), extra)
+            conn = await pool.request(head, body, self.read_timeout, after_send=after_send)
             try:
                 raw = await conn.read_body(self.read_timeout)
             finally:
@@ -1110,7 +1178,7 @@ class Proxy:
             self.metrics.first_byte.observe(elapsed)
             headers = _diagnostic_headers(stats)
             headers["Content-Type"] = conn.headers.get("content-type", "application/json")
-            out = web.StreamResponse(status=conn.status, headers=headers)
+            out = RelayResponse(status=conn.status, headers=headers)
             length = conn.headers.get("content-length")
             if length is not None and "chunked" not in conn.headers.get("transfer-encoding", ""):
                 out.content_length = int(length)
@@ -1118,7 +1186,11 @@ class Proxy:
                 out.force_close()
             stats.status = conn.status
             await out.prepare(request)
-            await self._pump(first, conn, out, stats)
+            if conn.complete:  # D's whole answer is here: head, body and end in one send
+                await out.write_eof(first)
+                stats.bytes_out = len(first)
+            else:
+                await self._pump(first, conn, out, stats)
             return out
         finally:
             pool.release(conn)
@@ -1210,6 +1282,13 @@ class Proxy:
             body=self.metrics.render(self).encode(),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
+
+
+class RelayResponse(web.StreamResponse):
+    """A StreamResponse whose head goes out with the first body bytes (one send, one wake-up
+    of the client, instead of two); aiohttp versions without the switch send it at once."""
+
+    _send_headers_immediately = False
 
 
 def _diagnostic_headers(stats: RequestStats) -> dict[str, str]:
@@ -1404,6 +1483,12 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO,
         format="%(asctime)s %(levelname)s disagg_proxy: %(message)s",
     )
+    # One log line per request: skip what the format does not use (stack walk, thread and
+    # process names), as the logging module allows.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     try:
         run(serve(args))
     except OSError as exc:  # typically: port in use, or host not local

@@ -7,7 +7,11 @@ proxy sent. Everything binds 127.0.0.1 on ephemeral ports (the proxy with ``--po
 
 Prompt markers steer the fakes: ``NOKV`` (P returns no kv_transfer_params), ``SLOW`` (D sends
 SSE chunks 100 ms apart), ``HANG`` (D pauses 2 s between chunks), ``DIE`` (D drops the
-connection after the first chunk).
+connection after the first chunk), ``GATE:<id>`` (D sends the first chunk, then holds the
+stream open until the test calls ``release(<id>)``).
+
+No assertion depends on how fast this machine is: waits for something to happen are bounded
+polls, and the few time limits are far from what the behaviour under test would take.
 """
 
 from __future__ import annotations
@@ -65,6 +69,9 @@ class FakeBackend:
     fail_status: int | None = None
     received: list[Received] = field(default_factory=list)
     port: int = 0
+    loop: asyncio.AbstractEventLoop | None = None
+    gates: dict[str, asyncio.Event] = field(default_factory=dict)
+    finished: list[str] = field(default_factory=list)  # gate ids whose stream D completed
 
     @property
     def url(self) -> str:
@@ -117,12 +124,23 @@ class FakeBackend:
             answer["kv_transfer_params"] = self.kv_params()
         return web.json_response(answer)
 
+    def gate(self, gate_id: str) -> asyncio.Event:
+        return self.gates.setdefault(gate_id, asyncio.Event())
+
+    def release(self, gate_id: str) -> None:
+        """Let a ``GATE:<id>`` stream go on (called from the test's thread)."""
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(lambda: self.gate(gate_id).set())
+
     async def stream(self, request: web.Request, marker: str) -> web.StreamResponse:
         delay = 2.0 if "HANG" in marker else 0.1 if "SLOW" in marker else 0.0
+        gate = re.search(r"GATE:([\w-]+)", marker)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         try:
             for i in range(5):
+                if i == 1 and gate:
+                    await self.gate(gate.group(1)).wait()
                 if i:
                     await asyncio.sleep(delay)
                 event = f'data: {{"i": {i}, "served_by": "{self.name}"}}\n\n'
@@ -132,6 +150,8 @@ class FakeBackend:
                     assert request.transport is not None
                     request.transport.abort()
                     return resp
+            if gate:  # before the last bytes leave: a client that has them can rely on it
+                self.finished.append(gate.group(1))
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
         except ConnectionResetError:
@@ -142,26 +162,44 @@ class FakeBackend:
 class FakeCluster:
     """Runs fake backends on one event loop in a background thread."""
 
+    current: FakeCluster | None = None
+
+    @classmethod
+    def of(cls, backends: dict[str, FakeBackend]) -> FakeCluster:
+        """The cluster serving these backends (the module fixture's)."""
+        assert cls.current is not None and {b.name for b in cls.current.backends} == set(backends)
+        return cls.current
+
     def __init__(self, backends: list[FakeBackend]) -> None:
         self.backends = backends
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.runners: list[web.AppRunner] = []
+        self.runners: dict[str, web.AppRunner] = {}
 
     def start(self) -> None:
         self.thread.start()
         for backend in self.backends:
-            asyncio.run_coroutine_threadsafe(self._serve(backend), self.loop).result(10)
+            self.start_backend(backend)
+
+    def start_backend(self, backend: FakeBackend) -> None:
+        """Serve (again: on the same port) one backend."""
+        asyncio.run_coroutine_threadsafe(self._serve(backend), self.loop).result(10)
+
+    def stop_backend(self, backend: FakeBackend) -> None:
+        """Close one backend's listener and connections: it is down until start_backend()."""
+        runner = self.runners.pop(backend.name)
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), self.loop).result(10)
 
     async def _serve(self, backend: FakeBackend) -> None:
+        backend.loop = asyncio.get_running_loop()
         runner = web.AppRunner(backend.app(), access_log=None, shutdown_timeout=0.1)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        await web.TCPSite(runner, "127.0.0.1", backend.port).start()
         backend.port = runner.addresses[0][1]
-        self.runners.append(runner)
+        self.runners[backend.name] = runner
 
     def stop(self) -> None:
-        for runner in self.runners:
+        for runner in self.runners.values():
             asyncio.run_coroutine_threadsafe(runner.cleanup(), self.loop).result(10)
         asyncio.run_coroutine_threadsafe(self._cancel_leftovers(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -199,20 +237,19 @@ def closed_port() -> int:
 class ProxyProcess:
     """The proxy script as a subprocess; collects its stderr lines."""
 
-    def __init__(
-        self, prefill: list[int], decode: list[int], read_timeout: float = 10
-    ) -> None:
+    def __init__(self, prefill: list[int], decode: list[int], read_timeout: float = 10, extra: tuple[str, ...] = ()) -> None:
         argv = [sys.executable, str(SCRIPT), "--host", "127.0.0.1", "--port", "0"]
         argv += ["--prefiller-hosts", *["127.0.0.1"] * len(prefill)]
         argv += ["--prefiller-ports", *map(str, prefill)]
         argv += ["--decoder-hosts", *["127.0.0.1"] * len(decode)]
         argv += ["--decoder-ports", *map(str, decode)]
-        argv += ["--connect-timeout", "2", "--read-timeout", str(read_timeout)]
+        argv += ["--connect-timeout", "2", "--read-timeout", str(read_timeout), *extra]
         self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         self.port = 0
         self._ready = threading.Event()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
+        self.reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self.reader.start()
         if not self._ready.wait(15):
             self.stop()
             pytest.fail("proxy did not start:\n" + "".join(self.lines))
@@ -230,9 +267,40 @@ class ProxyProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def wait(self, timeout: float) -> int:
+        """Exit status, once the process has ended and all its log lines are read."""
+        rc = self.proc.wait(timeout)
+        self.reader.join(5)
+        return rc
+
     def log_for(self, request_id: str) -> list[str]:
         time.sleep(0.05)  # the line is written right after the response ends
         return [line for line in self.lines if request_id in line]
+
+    def wait_for_log(self, text: str, timeout: float = 10) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if text in line:
+                    return line
+            time.sleep(0.05)
+        raise AssertionError(f"no log line with {text!r} within {timeout:g}s:\n" + "".join(self.lines[-20:]))
+
+    def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        r = httpx.get(self.url + "/metrics", timeout=10)
+        assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain")
+        return parse_metrics(r.text)
+
+    def wait_for_metric(self, name: str, labels: dict[str, str], value: float, timeout: float = 15) -> None:
+        key = (name, frozenset(labels.items()))
+        deadline = time.monotonic() + timeout
+        seen = None
+        while time.monotonic() < deadline:
+            seen = self.metrics().get(key)
+            if seen == value:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"{name}{labels} stayed {seen}, expected {value}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -242,6 +310,35 @@ class ProxyProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+def refuses_connections(port: int, timeout: float = 10) -> bool:
+    """True once nothing accepts connections on the port (a listener closes asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        except ConnectionRefusedError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def parse_metrics(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Prometheus text format -> {(name, labels): value}; every sample line must parse."""
+    samples = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = re.fullmatch(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)", line)
+        assert match, f"not a Prometheus sample line: {line!r}"
+        labels = frozenset(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
+        samples[(match.group(1), labels)] = float(match.group(3))
+    return samples
+
+
+def metric(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -255,25 +352,32 @@ def cluster():
         FakeBackend("decode", "D0"),
         FakeBackend("decode", "D1"),
         FakeBackend("prefill", "P500", fail_status=500),
+        FakeBackend("decode", "DE0"),  # for the ejection test only: it stops and restarts DE1
+        FakeBackend("decode", "DE1"),
     ]
     fakes = FakeCluster(backends)
     fakes.start()
+    FakeCluster.current = fakes
     yield {b.name: b for b in backends}
+    FakeCluster.current = None
     fakes.stop()
 
 
 @pytest.fixture(scope="module")
 def proxies(cluster, silent_port):
-    """Proxy processes for every topology the tests need, started once."""
+    """Proxy processes for every topology the tests need, started once. Those in front of a
+    broken backend probe health only at start-up, so that what a request meets is the
+    request-path failure (the background checks are tested on their own)."""
     p0, p1, d0, d1 = (cluster[n].port for n in ("P0", "P1", "D0", "D1"))
+    rarely = ("--health-interval", "3600")
     started: dict[str, ProxyProcess] = {}
     try:
         started["main"] = ProxyProcess([p0, p1], [d0, d1])
         started["1p1d"] = ProxyProcess([p0], [d0])
-        started["p_down"] = ProxyProcess([closed_port()], [d0])
-        started["d_down"] = ProxyProcess([p0], [closed_port()])
-        started["p_500"] = ProxyProcess([cluster["P500"].port], [d0])
-        started["p_silent"] = ProxyProcess([silent_port], [d0], read_timeout=0.5)
+        started["p_down"] = ProxyProcess([closed_port()], [d0], extra=rarely)
+        started["d_down"] = ProxyProcess([p0], [closed_port()], extra=rarely)
+        started["p_500"] = ProxyProcess([cluster["P500"].port], [d0], extra=rarely)
+        started["p_silent"] = ProxyProcess([silent_port], [d0], read_timeout=0.5, extra=rarely)
         yield started
     finally:
         for proxy in started.values():
@@ -638,8 +742,10 @@ def test_mismatched_host_and_port_counts_exit_2():
         assert "one port per host" in done.stderr
 
 
-def test_sigterm_exits_zero_quickly_even_mid_stream(cluster):
-    proxy = ProxyProcess([cluster["P0"].port], [cluster["D0"].port])
+def test_sigterm_past_the_grace_exits_zero_even_mid_stream(cluster):
+    """A stream that outlives --shutdown-grace is cut; the proxy still exits 0, long before
+    the stream (5 chunks, 2 s apart) would have ended."""
+    proxy = ProxyProcess([cluster["P0"].port], [cluster["D0"].port], extra=("--shutdown-grace", "0.5"))
     got_first = threading.Event()
 
     def hanging_stream() -> None:
@@ -659,15 +765,244 @@ def test_sigterm_exits_zero_quickly_even_mid_stream(cluster):
         assert got_first.wait(5)
         start = time.perf_counter()
         proxy.proc.send_signal(signal.SIGTERM)
-        rc = proxy.proc.wait(5)
+        rc = proxy.wait(10)
         elapsed = time.perf_counter() - start
     finally:
         proxy.stop()
-    print(
-        f"\nproxy exit after SIGTERM with a stream in flight: {elapsed * 1000:.0f} ms, rc={rc}"
-    )
+    print(f"\nproxy exit after SIGTERM, grace 0.5 s, a stream in flight: {elapsed * 1000:.0f} ms, rc={rc}")
     assert rc == 0
-    assert elapsed < 1.5
+    assert elapsed < 5  # the stream needed 8 s more
+    assert any("closing 1 request(s) still in flight" in line for line in proxy.lines), proxy.lines[-5:]
+
+
+def test_sigterm_when_idle_exits_without_waiting_for_the_grace(cluster):
+    """Nothing in flight: exit at once, not after --shutdown-grace (the node runner SIGKILLs after 5 s)."""
+    proxy = ProxyProcess([cluster["P0"].port], [cluster["D0"].port], extra=("--shutdown-grace", "30"))
+    try:
+        r = httpx.post(proxy.url + "/v1/completions", json=completion_body(stream=False), timeout=10)
+        assert r.status_code == 200
+        start = time.perf_counter()
+        proxy.proc.send_signal(signal.SIGTERM)
+        rc = proxy.wait(20)
+        elapsed = time.perf_counter() - start
+    finally:
+        proxy.stop()
+    assert rc == 0
+    assert elapsed < 10  # far below the 30 s grace
+
+
+def test_graceful_shutdown_lets_an_in_flight_stream_finish(cluster):
+    """SIGTERM mid-stream: no new connections, the stream runs to [DONE], then exit 0."""
+    d0 = cluster["D0"]
+    proxy = ProxyProcess([cluster["P0"].port], [d0.port])
+    gate = f"drain-{uuid.uuid4()}"
+    try:
+        with (
+            httpx.Client(timeout=10) as http,
+            http.stream("POST", proxy.url + "/v1/completions", json=completion_body(prompt=f"GATE:{gate}")) as r,
+        ):
+            chunks = r.iter_raw()
+            assert next(chunks).startswith(b'data: {"i": 0')
+            proxy.proc.send_signal(signal.SIGTERM)
+            proxy.wait_for_log("signal received, shutting down")
+            assert "1 request(s) in flight" in proxy.wait_for_log("signal received")
+            assert refuses_connections(proxy.port)
+            assert proxy.proc.poll() is None  # still serving the stream
+            d0.release(gate)
+            rest = b"".join(chunks)
+        assert rest.rstrip().endswith(b"data: [DONE]")
+        assert rest.count(b"data: ") == 5  # events 1..4 and [DONE]
+        assert proxy.wait(10) == 0
+    finally:
+        d0.release(gate)
+        proxy.stop()
+    assert gate in d0.finished
+    assert not any("still in flight" in line for line in proxy.lines)
+
+
+# --------------------------------------------------------------------------- relay, health, metrics
+
+
+def test_chunks_reach_the_client_before_the_backend_finishes(cluster, proxies):
+    """The first event arrives while D still holds the stream open: no buffering."""
+    d0 = cluster["D0"]
+    gate = f"relay-{uuid.uuid4()}"
+    try:
+        with (
+            httpx.Client(timeout=httpx.Timeout(10, read=5)) as http,
+            http.stream("POST", proxies["1p1d"].url + "/v1/completions", json=completion_body(prompt=f"GATE:{gate}")) as r,
+        ):
+            assert r.status_code == 200
+            assert r.headers["Content-Type"].startswith("text/event-stream")
+            chunks = r.iter_raw()
+            first = next(chunks)  # a buffering proxy would time out here (read timeout 5 s)
+            assert first.startswith(b'data: {"i": 0')
+            assert gate not in d0.finished
+            d0.release(gate)
+            rest = b"".join(chunks)
+    finally:
+        d0.release(gate)
+    assert rest.rstrip().endswith(b"data: [DONE]")
+    assert gate in d0.finished
+
+
+def test_request_id_reaches_backends_headers_and_log(cluster, proxies, client):
+    rid = f"trace-{uuid.uuid4()}"
+    r = client.post(proxies["1p1d"].url + "/v1/completions", json=completion_body(), headers={"X-Request-Id": rid})
+    assert r.status_code == 200 and r.headers["X-Request-Id"] == rid
+    assert one(cluster, "prefill", rid)[1].headers["x-request-id"] == rid
+    assert one(cluster, "decode", rid)[1].headers["x-request-id"] == rid
+    assert len(proxies["1p1d"].log_for(rid)) == 1
+
+
+def test_invalid_token_list_is_a_400_and_never_reaches_decode(cluster, proxies, client):
+    """Long token-id prompts are validated while P works; a bad one is still a 400."""
+    rid = f"badids-{uuid.uuid4()}"
+    prompt = "[" + ",".join(["17"] * 400) + ",,18]"
+    raw = '{"model": "fake-model", "max_tokens": 4, "stream": true, "prompt": ' + prompt + "}"
+    r = client.post(
+        proxies["1p1d"].url + "/v1/completions",
+        content=raw.encode(),
+        headers={"Content-Type": "application/json", "X-Request-Id": rid},
+    )
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and "not valid JSON" in err["message"]
+    assert received_by(cluster, "decode", rid) == []
+
+    rid = f"goodids-{uuid.uuid4()}"
+    ids = list(range(1000, 1400))
+    r = client.post(proxies["1p1d"].url + "/v1/completions", json=completion_body(prompt=ids), headers={"X-Request-Id": rid})
+    assert r.status_code == 200
+    assert one(cluster, "prefill", rid)[1].body["prompt"] == ids
+    assert one(cluster, "decode", rid)[1].body["prompt"] == ids
+
+
+def test_metrics_count_requests_errors_and_latencies(proxies, client):
+    proxy = proxies["main"]
+    before = proxy.metrics()
+    for _ in range(2):
+        assert client.post(proxy.url + "/v1/completions", json=completion_body()).status_code == 200
+    r = client.post(proxy.url + "/v1/completions", content=b"{oops", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400
+    after = proxy.metrics()
+
+    def delta(name: str, **labels: str) -> float:
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    assert delta("disagg_proxy_requests_total", route="/v1/completions", status="200") == 2
+    assert delta("disagg_proxy_requests_total", route="/v1/completions", status="400") == 1
+    assert delta("disagg_proxy_errors_total", role="client", kind="bad_request") == 1
+    for histogram in ("disagg_proxy_prefill_seconds", "disagg_proxy_decode_first_byte_seconds", "disagg_proxy_request_seconds"):
+        assert delta(f"{histogram}_count") == 2
+        assert delta(f"{histogram}_sum") > 0
+        assert delta(f"{histogram}_bucket", le="+Inf") == 2
+        assert metric(after, f"{histogram}_bucket", le="300") == metric(after, f"{histogram}_count")
+    assert metric(after, "disagg_proxy_in_flight_requests") == 0
+    healthy = {dict(labels)["backend"]: v for (name, labels), v in after.items() if name == "disagg_proxy_backend_healthy"}
+    assert len(healthy) == 4 and set(healthy.values()) == {1.0}
+
+    p500 = proxies["p_500"]
+    before = p500.metrics()
+    assert client.post(p500.url + "/v1/completions", json=completion_body()).status_code == 502
+    after = p500.metrics()
+    assert delta("disagg_proxy_errors_total", role="prefill", kind="http_status") == 1
+    assert delta("disagg_proxy_requests_total", route="/v1/completions", status="502") == 1
+
+
+def test_dead_backend_is_ejected_and_returns(cluster):
+    """Background checks take a dead decoder out of the round robin and bring it back."""
+    fakes = FakeCluster.of(cluster)
+    de0, de1 = cluster["DE0"], cluster["DE1"]
+    proxy = ProxyProcess(
+        [cluster["P0"].port],
+        [de0.port, de1.port],
+        # A dead port refuses at once; the long timeout keeps a slow machine from ejecting live ones.
+        extra=("--health-interval", "0.2", "--health-timeout", "5", "--eject-after", "2"),
+    )
+    gauge = "disagg_proxy_backend_healthy"
+    try:
+        proxy.wait_for_metric(gauge, {"role": "decode", "backend": de1.url}, 1)
+        fakes.stop_backend(de1)
+        proxy.wait_for_metric(gauge, {"role": "decode", "backend": de1.url}, 0)
+        assert "failed health checks in a row" in proxy.wait_for_log(f"backend ejected: decode {de1.url}")
+        served = []
+        with httpx.Client(timeout=10) as http:
+            for _ in range(4):
+                r = http.post(proxy.url + "/v1/completions", json=completion_body(stream=False))
+                assert r.status_code == 200, r.text
+                served.append(r.headers["X-Proxy-Decode-Backend"])
+            assert served == [de0.url] * 4
+            assert metric(proxy.metrics(), gauge, role="decode", backend=de0.url) == 1
+            assert metric(proxy.metrics(), "disagg_proxy_backend_ejections_total", role="decode", backend=de1.url) == 1
+
+            fakes.start_backend(de1)
+            proxy.wait_for_metric(gauge, {"role": "decode", "backend": de1.url}, 1)
+            proxy.wait_for_log(f"backend returned: decode {de1.url}")
+            served = []
+            for _ in range(4):
+                r = http.post(proxy.url + "/v1/completions", json=completion_body(stream=False))
+                assert r.status_code == 200, r.text
+                served.append(r.headers["X-Proxy-Decode-Backend"])
+        assert sorted(served) == sorted([de0.url, de1.url] * 2)
+    finally:
+        if de1.name not in fakes.runners:
+            fakes.start_backend(de1)
+        proxy.stop()
+
+
+def test_connection_error_on_the_request_path_ejects_at_once(cluster):
+    dead = closed_port()
+    proxy = ProxyProcess([dead, cluster["P0"].port], [cluster["D0"].port], extra=("--health-interval", "3600"))
+    dead_url = f"http://127.0.0.1:{dead}"
+    try:
+        with httpx.Client(timeout=10) as http:
+            r = http.post(proxy.url + "/v1/completions", json=completion_body(stream=False))
+            err = assert_bad_gateway(r, "prefill", dead_url)
+            assert "cannot connect" in err["message"]
+            for _ in range(3):  # the round robin skips the dead one from now on
+                r = http.post(proxy.url + "/v1/completions", json=completion_body(stream=False))
+                assert r.status_code == 200 and r.headers["X-Proxy-Prefill-Backend"] == cluster["P0"].url
+        samples = proxy.metrics()
+        assert metric(samples, "disagg_proxy_backend_healthy", role="prefill", backend=dead_url) == 0
+        assert metric(samples, "disagg_proxy_errors_total", role="prefill", kind="connect") == 1
+        assert "connection error on the request path" in proxy.wait_for_log(f"backend ejected: prefill {dead_url}")
+    finally:
+        proxy.stop()
+
+
+def test_no_healthy_backend_gives_json_503_without_trying(cluster):
+    """No P left: 503 naming each P and why; D is not contacted. Same for no D left."""
+    dead = closed_port()
+    proxy = ProxyProcess([dead], [cluster["D0"].port], extra=("--health-interval", "3600"))
+    try:
+        with httpx.Client(timeout=10) as http:
+            assert http.post(proxy.url + "/v1/completions", json=completion_body()).status_code == 502  # ejects P
+            rid = f"none-{uuid.uuid4()}"
+            r = http.post(proxy.url + "/v1/completions", json=completion_body(), headers={"X-Request-Id": rid})
+        assert r.status_code == 503, r.text
+        assert r.headers["X-Request-Id"] == rid
+        err = r.json()["error"]
+        assert err["type"] == "service_unavailable" and err["role"] == "prefill"
+        assert err["message"].startswith(f"no healthy prefill backend: http://127.0.0.1:{dead} (")
+        assert "Connection refused" in err["message"]
+        assert received_by(cluster, "decode", rid) == []
+        assert metric(proxy.metrics(), "disagg_proxy_errors_total", role="prefill", kind="no_healthy_backend") == 1
+    finally:
+        proxy.stop()
+
+    dead = closed_port()
+    proxy = ProxyProcess([cluster["P0"].port], [dead], extra=("--health-interval", "0.2"))
+    try:
+        proxy.wait_for_metric("disagg_proxy_backend_healthy", {"role": "decode", "backend": f"http://127.0.0.1:{dead}"}, 0)
+        rid = f"none-{uuid.uuid4()}"
+        r = httpx.post(proxy.url + "/v1/completions", json=completion_body(), headers={"X-Request-Id": rid}, timeout=10)
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["role"] == "decode"
+        assert r.json()["error"]["message"].startswith(f"no healthy decode backend: http://127.0.0.1:{dead} (")
+        assert received_by(cluster, "prefill", rid) == []  # P was not asked for a KV it cannot hand on
+    finally:
+        proxy.stop()
 
 
 # --------------------------------------------------------------------------- latency

@@ -16,7 +16,7 @@ def _name(spec: str) -> str:
 
 def test_environment_yml_and_pyproject_declare_the_same_dependencies() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pip_deps = {_name(d): d.replace(" ", "") for d in project["dependencies"] + project["optional-dependencies"]["test"]}
+    pip_deps = {_name(d): d.replace(" ", "") for d in project["dependencies"] + project["optional-dependencies"]["test"] + project["optional-dependencies"]["bench"]}
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     conda_deps = {}
     for dep in env["dependencies"]:
