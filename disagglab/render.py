@@ -74,7 +74,8 @@ def _env() -> jinja2.Environment:
 
 
 def engine_block(cfg: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
-    """The executable that serves the model. The engine changes this and nothing else."""
+    """The executable that serves the model. The engine changes this and nothing else
+    (except real vLLM on this machine, where local_vllm.py also swaps model and CPU extras)."""
     infra = spec["infrastructure"]
     if cfg["engine"] == "sim":
         profile = json.dumps(sim_profile(cfg, infra["model"]), sort_keys=True, separators=(",", ":"))
