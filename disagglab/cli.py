@@ -60,7 +60,16 @@ def cmd_run_pattern(args: argparse.Namespace) -> int:
     cfg = phases.cfg
     plan = phases.plan(args.phase)
     output = Path(args.output)
-    run = PatternRun(plan, plan.pattern(args.pattern), args.phase, cfg, open_executor(cfg), output.parent.parent)
+    try:
+        executor = open_executor(cfg)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. botocore NoRegionError / NoCredentialsError
+        print(f"{args.pattern}: cannot set up executor {cfg['executor']!r} with storage {cfg['storage']!r}: {type(exc).__name__}: {exc}\n"
+              "(AWS: check credentials, AWS_REGION/aws.region, SCRIPTS_BUCKET and the NODE* variables; see README 'Running on AWS')",
+              file=sys.stderr)
+        return 1
+    run = PatternRun(plan, plan.pattern(args.pattern), args.phase, cfg, executor, output.parent.parent)
     written = run.run()
     if written.resolve() != output.resolve():
         print(f"result written to {written}, expected {output}", file=sys.stderr)

@@ -88,9 +88,18 @@ def test_a_layer_runs_end_to_end_through_s3(seaweed, tmp_path: Path) -> None:
     keys = {o["Key"][len(pre) + 1:] for o in listed}
     assert "phase14/remote/task_runner.py" in keys and "phase14/tasks/p14-tcp-1k-c1/consumer.json" in keys
     assert any(k.startswith("phase14/outputs/p14-tcp-1k-c1/") and k.endswith("node2/node-result.json") for k in keys)
-    for pid in ("p14-unified-1k-c1", "p14-tcp-1k-c1", "p14-efa-4k-c1"):
-        r = proj.result("phase14", pid)
-        assert r["completed"] == 30 and r["validity"]["valid"] and r["provenance"]["storage"] == "s3"
+    local = make_project(tmp_path / "local")
+    out = local.snakemake("results/phase14/L0.done")
+    assert out.returncode == 0, out.stderr[-3000:]
+    for pid in json.loads((proj.root / "results/phase14/L0.done").read_text())["patterns"]:
+        r, ref = proj.result("phase14", pid), local.result("phase14", pid)
+        assert r["completed"] == ref["completed"] == 30 and r["validity"]["valid"] and ref["validity"]["valid"]
+        assert r["provenance"]["storage"] == "s3" and ref["provenance"]["storage"] == "local"
+        # the same thing ran: identical task definitions and node-side files, same spec and result keys
+        assert r["provenance"]["task_sha256"] == ref["provenance"]["task_sha256"]
+        assert r["provenance"]["node_files_sha256"] == ref["provenance"]["node_files_sha256"]
+        assert r["spec"] == ref["spec"] and set(r) == set(ref)
+        assert r["kv_transfer"]["valid"] == ref["kv_transfer"]["valid"]
     assert alive_groups(ledger_entries(proj.root)) == []
     # a second deploy of a finished pattern uploads nothing, and reruns nothing
     marker = "results/phase14/deploy/p14-tcp-1k-c1.json"
