@@ -135,3 +135,34 @@ def s3_env(seaweed, monkeypatch: pytest.MonkeyPatch):
     for key, value in seaweed.env().items():
         monkeypatch.setenv(key, value)
     return seaweed
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind(tmp_path_factory: pytest.TempPathFactory):
+    """After the whole session, no process started from a test folder may still run."""
+    yield
+    import signal
+
+    base = str(tmp_path_factory.getbasetemp())
+    leaked = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            pid = int(cmdline.parent.name)
+        except (OSError, ValueError):
+            continue
+        if base in text and pid != os.getpid() and _running(pid):
+            leaked.append((pid, text[:200]))
+    for pid, _ in leaked:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert leaked == [], f"processes left running by the tests (now killed): {leaked}"
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

@@ -46,6 +46,8 @@ class FakeAgent:
         return ssm_backends[DEFAULT_ACCOUNT_ID][self.region]
 
     def __enter__(self) -> FakeAgent:
+        # Commands sent before this agent existed belong to earlier tests: never run them again.
+        self.handled.update(c.command_id for c in self.backend()._commands)
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
         return self

@@ -20,7 +20,7 @@ from pathlib import Path
 
 PORT_FLAGS = (
     "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
-    "s3.port", "s3.port.grpc", "iam.port", "s3.port.iceberg",
+    "s3.port", "s3.port.grpc", "iam.port", "s3.port.iceberg", "s3.port.lance",
 )
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "disagglab-test", "AWS_SECRET_ACCESS_KEY": "disagglab-test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
 
