@@ -652,14 +652,16 @@ def test_ttft_itl_e2el_tpot_match_server_timing(server: FakeServer, tmp_path: Pa
         assert o.success, o.error
         writes = server.records[o.request_id]["writes"]
         assert len(writes) == n
-        server_ttft = writes[0] - o.start_time
+        # TTFT and E2EL start when the request bytes reach the socket (after the dispatch)
+        assert o.sent_time is not None and o.start_time <= o.sent_time < o.start_time + 0.05
+        server_ttft = writes[0] - o.sent_time
         assert 0.0 <= o.ttft - server_ttft < tol
         assert ttft <= o.ttft < ttft + 0.04
         assert len(o.itl) == n - 1
         for k, gap in enumerate(o.itl):
             assert gap == pytest.approx(writes[k + 1] - writes[k], abs=tol)
             assert itl - tol <= gap < itl + 0.03 + tol
-        assert 0.0 <= o.latency - (writes[-1] - o.start_time) < tol
+        assert 0.0 <= o.latency - (writes[-1] - o.sent_time) < tol
         assert o.latency < ttft + (n - 1) * itl + 0.1  # excludes the 150 ms tail
         assert o.output_tokens == n and o.output_tokens_from_usage
         assert o.tpot == pytest.approx((o.latency - o.ttft) / (n - 1))
@@ -845,8 +847,9 @@ def _check_record_arithmetic(result: dict[str, Any]) -> None:
         assert r["dispatch_offset_s"] == r["start_offset_s"]
         assert r["end_offset_s"] >= r["dispatch_offset_s"]
         if r["success"]:
-            assert r["e2el_including_client_queue_ms"] == pytest.approx(r["client_queue_time_ms"] + r["e2el_ms"], abs=0.002)
-            assert r["ttft_including_client_queue_ms"] == pytest.approx(r["client_queue_time_ms"] + r["ttft_ms"], abs=0.002)
+            wait = r["client_queue_time_ms"] + r["client_send_delay_ms"]
+            assert r["e2el_including_client_queue_ms"] == pytest.approx(wait + r["e2el_ms"], abs=0.003)
+            assert r["ttft_including_client_queue_ms"] == pytest.approx(wait + r["ttft_ms"], abs=0.003)
 
 
 def test_open_loop_capped_shows_client_queue(server: FakeServer, tmp_path: Path) -> None:
@@ -921,11 +924,13 @@ def test_closed_loop_and_offline_have_zero_queue_time(server: FakeServer, tmp_pa
         for r in result["requests"]:
             assert r["client_queue_time_ms"] == 0.0
             assert r["scheduled_offset_s"] == r["dispatch_offset_s"]
-            assert r["e2el_including_client_queue_ms"] == r["e2el_ms"]
-            assert r["ttft_including_client_queue_ms"] == r["ttft_ms"]
+            # no schedule, so no queue: only the client's own send delay is added
+            assert 0.0 <= r["client_send_delay_ms"] < 50.0
+            assert r["e2el_including_client_queue_ms"] == pytest.approx(r["e2el_ms"] + r["client_send_delay_ms"], abs=0.003)
+            assert r["ttft_including_client_queue_ms"] == pytest.approx(r["ttft_ms"] + r["client_send_delay_ms"], abs=0.003)
         for stat in ("mean", "max", "p99"):
             assert result[f"{stat}_client_queue_time_ms"] == 0.0
-        assert result["mean_e2el_including_client_queue_ms"] == pytest.approx(result["mean_e2el_ms"])
+        assert result["mean_e2el_including_client_queue_ms"] == pytest.approx(result["mean_e2el_ms"] + result["mean_client_send_delay_ms"], abs=0.01)
         assert result["achieved_concurrency_max"] == peak == server.max_in_flight
         assert 1.0 < result["achieved_concurrency_mean"] <= peak
         # without a schedule the rate is over the whole phase
