@@ -445,8 +445,12 @@ def test_timing_model_and_prefix_cache(plain: Sim) -> None:
     predicted_prefill = 0.002 + 4000 / 20000.0  # 0.202 s
     ttft = times[0] - t0
     assert predicted_prefill * 0.97 <= ttft <= predicted_prefill + 0.12
+    # The sim schedules steps on absolute deadlines, so a token the client reads late is followed
+    # by ones that catch up: the last token can never arrive before prefill + 40 steps, while the
+    # span from a late-read first token may be shorter than 40 steps.
+    assert times[40] - t0 >= predicted_prefill + 40 * 0.005
     decode_span = times[40] - times[0]  # 40 decode steps of 5 ms, batch of one
-    assert 40 * 0.005 * 0.95 <= decode_span <= 40 * 0.005 + 0.1
+    assert 40 * 0.005 * 0.5 <= decode_span <= 40 * 0.005 + 0.15
 
     # Same prompt again: all but the last token come from the prefix cache.
     events2, times2, t02, _ = stream_completion(plain, {**payload, "max_tokens": 1})
