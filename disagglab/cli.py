@@ -69,11 +69,25 @@ def cmd_run_pattern(args: argparse.Namespace) -> int:
               "(AWS: check credentials, AWS_REGION/aws.region, SCRIPTS_BUCKET and the NODE* variables; see README 'Running on AWS')",
               file=sys.stderr)
         return 1
-    run = PatternRun(plan, plan.pattern(args.pattern), args.phase, cfg, executor, output.parent.parent)
+    run = PatternRun(plan, plan.pattern(args.pattern), args.phase, cfg, executor, output.parents[2], trial=args.trial)
     written = run.run()
     if written.resolve() != output.resolve():
         print(f"result written to {written}, expected {output}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_aggregate(args: argparse.Namespace) -> int:
+    from .trials import aggregate_files
+    from .workflow import AGGREGATED
+
+    trials = [Path(t) for t in args.trials]
+    markers = {t.parent / AGGREGATED for t in trials}
+    for marker in markers:  # first: a result that failed to fold must never look deleted
+        marker.unlink(missing_ok=True)
+    atomic_write_json(Path(args.output), aggregate_files(trials))
+    for marker in markers:
+        atomic_write_json(marker, {"result": args.output, "trials": [str(t) for t in trials if t.parent == marker.parent]})
     return 0
 
 
@@ -178,10 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", required=True)
     p.add_argument("tasks", nargs="+")
     p.set_defaults(func=cmd_deploy)
-    p = sub.add_parser("run-pattern", help="run one pattern on its nodes and write its result")
+    p = sub.add_parser("run-pattern", help="run one trial of a pattern on its nodes and write the trial's result")
     for a in ("--phase", "--pattern", "--output"):
         p.add_argument(a, required=True)
+    p.add_argument("--trial", type=int, default=1, help="which trial (1-based); the output is results/<phase>/trials/<pattern>/<trial>.json")
     p.set_defaults(func=cmd_run_pattern)
+    p = sub.add_parser("aggregate", help="fold a pattern's trial results into its result (means, std, 95%% t-intervals)")
+    p.add_argument("--output", required=True)
+    p.add_argument("trials", nargs="+")
+    p.set_defaults(func=cmd_aggregate)
     p = sub.add_parser("layer-done", help="write a layer's completion marker")
     for a in ("--phase", "--layer", "--output"):
         p.add_argument(a, required=True)

@@ -55,11 +55,22 @@ class PatternRun:
     cfg: dict[str, Any]
     executor: Executor
     results_dir: Path
+    trial: int = 1
+    """Which measured trial of the pattern this run is (1-based; see trials.py)."""
     current: tuple[str, str] = ("prepare", "control")
     """The step and node in progress, so an interrupt can say what it cut short."""
 
     def log(self, msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {self.pattern.id}: {msg}", file=sys.stderr, flush=True)
+        print(f"[{time.strftime('%H:%M:%S')}] {self.pattern.id} trial {self.trial}: {msg}", file=sys.stderr, flush=True)
+
+    @property
+    def logs_dir(self) -> Path:
+        """Each trial keeps its own logs: a later trial never overwrites an earlier one's evidence."""
+        return self.results_dir / "logs" / self.pattern.id / f"trial-{self.trial}"
+
+    @property
+    def output(self) -> Path:
+        return self.results_dir / "trials" / self.pattern.id / f"{self.trial}.json"
 
     # ------------------------------------------------------------------ inputs
     def _deployed(self) -> tuple[list[dict[str, Any]], dict[str, str]]:
@@ -117,10 +128,10 @@ class PatternRun:
                     files, task_sha = self._deployed()
                     used = [pair.node(n) for n in dict.fromkeys(ROLE_NODE[r] for r in self.pattern.roles)]
                     self.log(f"node pair {pair.index}: " + ", ".join(f"{n.name}={n.instance_id or n.address}" for n in used))
-                    manifest = {"pattern": self.pattern.id, "run_id": run_id, "files": files}
-                    manifest_local = self.results_dir / "logs" / self.pattern.id / "manifest.json"
+                    manifest = {"pattern": self.pattern.id, "trial": self.trial, "run_id": run_id, "files": files}
+                    manifest_local = self.logs_dir / "manifest.json"
                     atomic_write_bytes(manifest_local, json.dumps(manifest, indent=2, sort_keys=True).encode())
-                    manifest_key = f"{self.phase}/manifests/{self.pattern.id}.json"
+                    manifest_key = f"{self.phase}/manifests/{self.pattern.id}/trial-{self.trial}.json"
                     manifest_sha = storage.put_file(manifest_local, manifest_key).sha256
                     runner = next(f for f in files if f["path"] == RUNNER_PATH)
                     python = f"{self.pattern.spec['infrastructure']['venv_path'].rstrip('/')}/bin/python"
@@ -182,7 +193,7 @@ class PatternRun:
                 raise KeyboardInterrupt(str(error))
             raise SystemExit(1)
         assert result is not None
-        output = self.results_dir / "runs" / f"{self.pattern.id}.json"
+        output = self.output
         write_result(output, result)
         failure_path.unlink(missing_ok=True)
         self.log(f"done: {result['completed']} requests, valid={result['validity']['valid']}")
@@ -220,7 +231,7 @@ class PatternRun:
             files = {}
             for item in report.get("uploaded", []):
                 rel = item["key"][len(prefix) + 1:]
-                dest = self.results_dir / "logs" / self.pattern.id / node.name / rel
+                dest = self.logs_dir / node.name / rel
                 got = storage.get_file(item["key"], dest)
                 if got != item["sha256"]:
                     self.log(f"collect: {item['key']} sha256 mismatch ({got} != {item['sha256']})")

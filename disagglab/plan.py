@@ -52,6 +52,8 @@ class Pattern:
     backend: str
     spec: dict[str, Any]
     """Effective spec: common_settings overridden by the pattern, plus infrastructure."""
+    repeats: int = 1
+    """Measured trials. Not part of the spec: adding trials must not change what a trial runs."""
 
     @property
     def disaggregated(self) -> bool:
@@ -272,7 +274,8 @@ def load_plan(path: str | Path) -> Plan:
     for layer in doc["layers"]:
         ids = []
         for pat in layer["patterns"]:
-            patterns[pat["id"]] = Pattern(pat["id"], layer["id"], pat["backend"], effective_spec(doc, pat))
+            repeats = int(pat.get("repeats", doc["common_settings"].get("repeats", 1)))
+            patterns[pat["id"]] = Pattern(pat["id"], layer["id"], pat["backend"], effective_spec(doc, pat), repeats)
             ids.append(pat["id"])
         layers.append(Layer(layer["id"], layer["name"], layer["priority"], layer["description"], tuple(ids)))
     return Plan(

@@ -34,7 +34,7 @@ from .report_compare import (
     verdict,
 )
 from .report_plots import PLOT_NAMES, SIM_BANNER, Plot, make_plots
-from .report_rows import Row, collect_rows, number, rows_to_csv
+from .report_rows import Row, collect_rows, interval, number, rows_to_csv
 
 __all__ = ["PLOT_NAMES", "SIM_BANNER", "collect_rows", "write_report", "write_summary"]
 
@@ -141,7 +141,10 @@ def _best_table(bests: list[Best], backends: list[str], unit: str, with_concurre
                 continue
             value, where = b.values[backend]
             cells.append(fmt(value, unit) + ("" if with_concurrency else f" at {where}"))
-        cells += [b.winner, "-" if b.margin is None else f"{b.margin:.2f}x"]
+        margin = "-" if b.margin is None else f"{b.margin:.2f}x"
+        if b.margin is not None and b.significant is not None:
+            margin += " (significant)" if b.significant else " (95% CIs overlap: not significant)"
+        cells += [b.winner, margin]
         rows.append(tuple(cells))
     numeric = (True, *((True,) if with_concurrency else ()), *(True for _ in backends), False, True)
     return Table(cols, tuple(rows), numeric)
@@ -157,7 +160,7 @@ def _speedup_table(pairs: list[PairSummary]) -> Table:
             cells = [f"{pair.treatment} vs {pair.baseline}", p.point]
             for metric in COMPARED:
                 r = p.ratios.get(metric)
-                cells.append("-" if r is None else f"{r.value:.2f}x ({fmt(r.baseline)} -> {fmt(r.treatment, units[metric])})")
+                cells.append("-" if r is None else f"{r.value:.2f}x ({fmt(r.baseline)} -> {fmt(r.treatment, units[metric])}{r.note()})")
             rows.append((*cells, f"{p.treatment_id} / {p.baseline_id}"))
     return Table(cols, tuple(rows), (False, False, True, True, True, True, False))
 
@@ -191,15 +194,24 @@ LAYER_COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+def _with_interval(row: Row, key: str, unit: str) -> str:
+    """'12.3 ms' for one trial; '12.3 ±0.4 ms' (half-width of the 95% t-interval) over repeats."""
+    ci = interval(row, key)
+    if ci is None or number(row.get(key)) is None:
+        return fmt(row.get(key), unit)
+    return f"{fmt(row.get(key))} ±{fmt((ci[1] - ci[0]) / 2, unit)}"
+
+
 def _layer_table(rows: list[Row]) -> Table:
-    cols = ("pattern", "backend", "prompt", "c", "status", "validity", *(h for h, _, _ in LAYER_COLUMNS), "note")
+    cols = ("pattern", "backend", "prompt", "c", "trials", "status", "validity", *(h for h, _, _ in LAYER_COLUMNS), "note")
     out = []
     for r in rows:
         gpus = str(r["gpus_used"]) if r.get("gpus_used") is not None else "-"
-        metrics = [gpus if key == "gpus_used" else fmt(r.get(key), unit) for _, key, unit in LAYER_COLUMNS]
+        metrics = [gpus if key == "gpus_used" else _with_interval(r, key, unit) for _, key, unit in LAYER_COLUMNS]
         load = str(r["concurrency"]) + (f" @ {r['request_rate']:g}/s" if r.get("request_rate") else "")
-        out.append((r["pattern_id"], r["backend"], str(r["prompt_tokens"]), load, r["status"], r["validity"] or "-", *metrics, _note(r)))
-    numeric = (False, False, True, True, False, False, *(True for _ in LAYER_COLUMNS), False)
+        trials = str(r["repeats"]) if r.get("repeats") else "-"
+        out.append((r["pattern_id"], r["backend"], str(r["prompt_tokens"]), load, trials, r["status"], r["validity"] or "-", *metrics, _note(r)))
+    numeric = (False, False, True, True, True, False, False, *(True for _ in LAYER_COLUMNS), False)
     return Table(cols, tuple(out), numeric)
 
 
@@ -262,6 +274,9 @@ def build_context(plan: Plan, rows: list[Row], plots: list[Plot], plots_dir: Pat
         "and one server for unified.",
         "A speedup > 1.00x means the treatment is better: baseline / treatment for latencies, treatment / baseline "
         "for throughput. Speedup cells read 'speedup (baseline value -> treatment value)'.",
+        "Patterns with repeats >= 2 show the mean over trials with the half-width of its 95% Student t confidence "
+        "interval (±), and error bars in the plots. A difference is called significant only when the two intervals "
+        "are disjoint; overlapping intervals are reported as such, never as a win. Single trials are not tested.",
     ]
     layers = []
     for layer in plan.layers:
@@ -275,8 +290,9 @@ def build_context(plan: Plan, rows: list[Row], plots: list[Plot], plots_dir: Pat
         facts=facts,
         counts=_counts(rows),
         headline=headline(pairs),
-        verdict=Table(("treatment vs baseline", "metric", "treatment better at", "geometric-mean speedup", "range", "where better"),
-                      tuple(verdict(pairs)), (False, False, True, True, True, False)),
+        verdict=Table(("treatment vs baseline", "metric", "treatment better at", "significant (disjoint 95% CIs)", "geometric-mean speedup",
+                       "range", "where better"),
+                      tuple(verdict(pairs)), (False, False, True, False, True, True, False)),
         best_ttft=_best_table(best_ttft(rows), backends, "ms", True),
         best_tput=_best_table(best_throughput_per_gpu(rows), backends, "", False),
         speedups=_speedup_table(pairs),

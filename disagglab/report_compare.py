@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .plan import BACKENDS
-from .report_rows import Row, comparable, number, variant
+from .report_rows import Row, comparable, interval, number, variant
+from .trials import intervals_overlap
 
 # metric -> (label, higher is better)
 COMPARED: dict[str, tuple[str, bool]] = {
@@ -47,6 +48,8 @@ class Ratio:
     metric: str
     baseline: float
     treatment: float
+    baseline_ci: tuple[float, float] | None = None
+    treatment_ci: tuple[float, float] | None = None
 
     @property
     def value(self) -> float:
@@ -57,6 +60,15 @@ class Ratio:
     @property
     def treatment_wins(self) -> bool:
         return self.value > 1.0
+
+    @property
+    def significant(self) -> bool | None:
+        """True only when both sides have 95% intervals (repeats >= 2) and they are disjoint."""
+        overlap = intervals_overlap(self.baseline_ci, self.treatment_ci)
+        return None if overlap is None else not overlap
+
+    def note(self) -> str:
+        return {None: "", True: ", significant", False: ", 95% CIs overlap"}[self.significant]
 
 
 @dataclass(frozen=True)
@@ -81,6 +93,12 @@ class PairSummary:
     def compared(self, metric: str) -> list[PairPoint]:
         return [p for p in self.points if metric in p.ratios]
 
+    def with_intervals(self, metric: str) -> list[PairPoint]:
+        return [p for p in self.compared(metric) if p.ratios[metric].significant is not None]
+
+    def significant_wins(self, metric: str) -> list[PairPoint]:
+        return [p for p in self.wins(metric) if p.ratios[metric].significant]
+
     def geomean(self, metric: str) -> float | None:
         values = [p.ratios[metric].value for p in self.compared(metric)]
         return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
@@ -99,6 +117,24 @@ class Best:
     """backend -> (its best value, where: the pattern id for TTFT, 'c=N' for throughput)"""
     concurrency: int | None = None
     """the concurrency the TTFT comparison used (the lowest measured at this length)"""
+    intervals: dict[str, tuple[float, float] | None] | None = None
+    """backend -> 95% interval of its value (None for a single trial)"""
+
+    @property
+    def runner_up(self) -> str | None:
+        others = [b for b in self.values if b != self.winner]
+        if not others:
+            return None
+        higher_better = COMPARED[self.metric][1]
+        return sorted(others, key=lambda b: self.values[b][0], reverse=higher_better)[0]
+
+    @property
+    def significant(self) -> bool | None:
+        """Winner vs runner-up: True only with disjoint 95% intervals; None without intervals."""
+        if self.runner_up is None or not self.intervals:
+            return None
+        overlap = intervals_overlap(self.intervals.get(self.winner), self.intervals.get(self.runner_up))
+        return None if overlap is None else not overlap
 
     @property
     def margin(self) -> float | None:
@@ -140,7 +176,7 @@ def pair_summaries(rows: list[Row]) -> list[PairSummary]:
             for metric in COMPARED:
                 tv, bv = number(t.get(metric)), number(b.get(metric))
                 if tv is not None and bv is not None and tv > 0 and bv > 0:
-                    ratios[metric] = Ratio(metric, bv, tv)
+                    ratios[metric] = Ratio(metric, bv, tv, interval(b, metric), interval(t, metric))
             found.append(PairPoint(point_label(t), t["pattern_id"], b["pattern_id"], ratios))
         out.append(PairSummary(treatment, baseline, tuple(found)))
     return out
@@ -167,11 +203,13 @@ def best_ttft(rows: list[Row]) -> list[Best]:
     for tokens, var, at in _groups(closed):
         low = min(r["concurrency"] for r in at)
         values: dict[str, tuple[float, str]] = {}
+        cis: dict[str, tuple[float, float] | None] = {}
         for r in (r for r in at if r["concurrency"] == low):
             v = float(r["median_ttft_ms"])
             if r["backend"] not in values or v < values[r["backend"]][0]:
                 values[r["backend"]] = (v, r["pattern_id"])
-        out.append(Best(tokens, var, "median_ttft_ms", _pick(values, False), values, low))
+                cis[r["backend"]] = interval(r, "median_ttft_ms")
+        out.append(Best(tokens, var, "median_ttft_ms", _pick(values, False), values, low, cis))
     return out
 
 
@@ -181,11 +219,13 @@ def best_throughput_per_gpu(rows: list[Row]) -> list[Best]:
     ok = [r for r in usable(rows) if number(r.get("output_throughput_per_gpu")) is not None]
     for tokens, var, at in _groups(ok):
         values: dict[str, tuple[float, str]] = {}
+        cis: dict[str, tuple[float, float] | None] = {}
         for r in at:
             v = float(r["output_throughput_per_gpu"])
             if r["backend"] not in values or v > values[r["backend"]][0]:
                 values[r["backend"]] = (v, f"c={r['concurrency']}")
-        out.append(Best(tokens, var, "output_throughput_per_gpu", _pick(values, True), values))
+                cis[r["backend"]] = interval(r, "output_throughput_per_gpu")
+        out.append(Best(tokens, var, "output_throughput_per_gpu", _pick(values, True), values, intervals=cis))
     return out
 
 
@@ -193,13 +233,21 @@ def _fmt_ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
 
-def verdict(pairs: list[PairSummary]) -> list[tuple[str, str, str, str, str, str]]:
-    """Per pair and metric: (pair, metric, 'better at k of n', geometric mean, range, where better)."""
+def significance(pair: PairSummary, metric: str) -> str:
+    """'k of n' significant wins among the points with intervals on both sides, or why there is no test."""
+    tested = pair.with_intervals(metric)
+    if not tested:
+        return "not tested (single trials: set repeats >= 2)"
+    return f"{len(pair.significant_wins(metric))} of {len(tested)}"
+
+
+def verdict(pairs: list[PairSummary]) -> list[tuple[str, str, str, str, str, str, str]]:
+    """Per pair and metric: (pair, metric, 'better at k of n', significant, geometric mean, range, where better)."""
     rows = []
     for pair in pairs:
         name = f"{pair.treatment} vs {pair.baseline}"
         if not pair.points:
-            rows.append((name, "-", "no shared load point with valid results yet", "-", "-", "-"))
+            rows.append((name, "-", "no shared load point with valid results yet", "-", "-", "-", "-"))
             continue
         for metric, (label, _) in COMPARED.items():
             compared = pair.compared(metric)
@@ -207,9 +255,14 @@ def verdict(pairs: list[PairSummary]) -> list[tuple[str, str, str, str, str, str
                 continue
             ratios = [p.ratios[metric].value for p in compared]
             wins = pair.wins(metric)
-            rows.append((name, label, f"{len(wins)} of {len(compared)}", _fmt_ratio(pair.geomean(metric)),
+            rows.append((name, label, f"{len(wins)} of {len(compared)}", significance(pair, metric), _fmt_ratio(pair.geomean(metric)),
                          f"{min(ratios):.2f}x to {max(ratios):.2f}x", ", ".join(p.point for p in wins) or "nowhere"))
     return rows
+
+
+def _sig(pair: PairSummary, metric: str) -> str:
+    tested = pair.with_intervals(metric)
+    return f"; significant at {len(pair.significant_wins(metric))} of {len(tested)} with 95% CIs" if tested else ""
 
 
 def headline(pairs: list[PairSummary]) -> str:
@@ -224,6 +277,6 @@ def headline(pairs: list[PairSummary]) -> str:
             continue
         ttft, tput = "median_ttft_ms", "output_throughput_per_gpu"
         bits.append(f"EFA beat {name} on TTFT p50 at {len(pair.wins(ttft))} of {len(pair.compared(ttft))} load points "
-                    f"({_fmt_ratio(pair.geomean(ttft))} geometric-mean speedup) and on output tok/s per GPU at "
-                    f"{len(pair.wins(tput))} of {len(pair.compared(tput))} ({_fmt_ratio(pair.geomean(tput))})")
+                    f"({_fmt_ratio(pair.geomean(ttft))} geometric-mean speedup{_sig(pair, ttft)}) and on output tok/s per GPU at "
+                    f"{len(pair.wins(tput))} of {len(pair.compared(tput))} ({_fmt_ratio(pair.geomean(tput))}{_sig(pair, tput)})")
     return "; ".join(bits) + "."

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from .plan import BACKENDS
-from .report_rows import Row, comparable, number, variant
+from .report_rows import Row, comparable, interval, number, variant
 
 SIM_BANNER = "SIMULATED (vLLM stand-in, not real GPU measurements)"
 COLORS = {"unified": "#4d4d4d", "tcp": "#1f77b4", "efa": "#d62728"}
@@ -84,15 +84,19 @@ def _series_order(key: tuple[str, str]) -> tuple[int, str]:
     return (BACKENDS.index(key[0]) if key[0] in BACKENDS else len(BACKENDS), key[1])
 
 
-def _series(rows: list[Row], x: str, y: str) -> dict[tuple[str, str], list[tuple[float, float]]]:
-    """(backend, variant) -> sorted (x, y) points; the first row in plan order wins when an x repeats."""
-    out: dict[tuple[str, str], dict[float, float]] = {}
+Point = tuple[float, float, tuple[float, float] | None]
+"""(x, y, 95% interval of y or None for a single trial)"""
+
+
+def _series(rows: list[Row], x: str, y: str) -> dict[tuple[str, str], list[Point]]:
+    """(backend, variant) -> sorted (x, y, interval) points; the first row in plan order wins when an x repeats."""
+    out: dict[tuple[str, str], dict[float, tuple[float, tuple[float, float] | None]]] = {}
     for r in rows:
         xv, yv = number(r.get(x)), number(r.get(y))
         if xv is None or yv is None:
             continue
-        out.setdefault((r["backend"], variant(r)), {}).setdefault(xv, yv)
-    return {k: sorted(out[k].items()) for k in sorted(out, key=_series_order)}
+        out.setdefault((r["backend"], variant(r)), {}).setdefault(xv, (yv, interval(r, y)))
+    return {k: [(xv, yv, ci) for xv, (yv, ci) in sorted(out[k].items())] for k in sorted(out, key=_series_order)}
 
 
 def _axis_x(ax: Any, values: list[float], log2: bool, tokens: bool) -> None:
@@ -134,12 +138,16 @@ def _line_grid(rows: list[Row], x: str, xlabel: str, ys: list[str], facet: str |
             xs: list[float] = []
             for (backend, var), pts in series.items():
                 xs.extend(p[0] for p in pts)
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=MARKERS[backend], color=COLORS[backend],
-                        linestyle=styles[var], label=_series_label(backend, var))
+                style = {"marker": MARKERS[backend], "color": COLORS[backend], "linestyle": styles[var], "label": _series_label(backend, var)}
+                if any(p[2] for p in pts):  # repeats: error bars span the 95% t-interval of the mean
+                    yerr = [[p[1] - p[2][0] if p[2] else 0.0 for p in pts], [p[2][1] - p[1] if p[2] else 0.0 for p in pts]]
+                    ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=yerr, capsize=3, **style)
+                else:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], **style)
             _axis_x(ax, xs, log2_x, tokens=x == "prompt_tokens")
             if not series:
                 ax.text(0.5, 0.5, "no valid result", ha="center", va="center", transform=ax.transAxes, color="#888888")
-            _y_from_zero(ax, [p[1] for pts in series.values() for p in pts])
+            _y_from_zero(ax, [p[2][1] if p[2] else p[1] for pts in series.values() for p in pts])
             ax.grid(True, alpha=0.3)
             if i == 0 and f is not None:
                 ax.set_title(f"{_tokens_label(f)} prompt tokens" if facet == "prompt_tokens" else f"{facet} = {f}", fontsize=10)
@@ -179,7 +187,7 @@ def _bars(rows: list[Row], metrics: list[str], title: str, simulated: bool) -> b
         ax = axes[i][0]
         tail = metric.replace("median_", "p99_")
         for k, backend in enumerate(BACKENDS):
-            xs, hs, tails = [], [], []
+            xs, hs, tails, cis = [], [], [], []
             for n, key in enumerate(keyed):
                 match = [r for r in rows if r["backend"] == backend and _bar_key(r) == key]
                 value = number(match[0].get(metric)) if match else None
@@ -188,9 +196,13 @@ def _bars(rows: list[Row], metrics: list[str], title: str, simulated: bool) -> b
                 xs.append(n + (k - 1) * width)
                 hs.append(value)
                 tails.append(number(match[0].get(tail)))
+                cis.append(interval(match[0], metric))
             if not xs:
                 continue
-            ax.bar(xs, hs, width=width, color=COLORS[backend], label=backend)
+            yerr = None
+            if any(cis):  # repeats: the 95% t-interval of the mean p50 as an error bar
+                yerr = [[h - c[0] if c else 0.0 for h, c in zip(hs, cis)], [c[1] - h if c else 0.0 for h, c in zip(hs, cis)]]
+            ax.bar(xs, hs, width=width, color=COLORS[backend], label=backend, yerr=yerr, capsize=3 if yerr else 0)
             tx = [x for x, t in zip(xs, tails) if t is not None]
             ax.plot(tx, [t for t in tails if t is not None], linestyle="none", marker="_", markersize=12, color="black",
                     label="p99" if k == 0 else None)

@@ -102,6 +102,9 @@ def _per_gpu(row: Row) -> None:
         value = row.get(metric)
         ok = isinstance(gpus, int) and gpus > 0 and _is_metric_value(value) and value is not None
         row[f"{metric}_per_gpu"] = value / gpus if ok else None
+        ci = interval(row, metric)
+        if ok and ci is not None:
+            row[f"{metric}_per_gpu_ci_low"], row[f"{metric}_per_gpu_ci_high"] = ci[0] / gpus, ci[1] / gpus
 
 
 def _from_result(row: Row, pattern: Pattern, path: Path, result: dict[str, Any]) -> None:
@@ -122,6 +125,16 @@ def _from_result(row: Row, pattern: Pattern, path: Path, result: dict[str, Any])
     row["gpus_used"] = (result.get("description") or {}).get("gpus_used", row["gpus_used"])
     for key in metric_keys(result):
         row[key] = result[key]
+    row["repeats"] = result.get("repeats", 1)
+    for key, st in (result.get("stats") or {}).items():
+        if isinstance(st, dict) and number(st.get("ci_low")) is not None and number(st.get("ci_high")) is not None:
+            row[f"{key}_ci_low"], row[f"{key}_ci_high"] = float(st["ci_low"]), float(st["ci_high"])
+
+
+def interval(row: Row, metric: str) -> tuple[float, float] | None:
+    """The 95% t-interval of a metric's mean over repeated trials; None for a single trial."""
+    lo, hi = number(row.get(f"{metric}_ci_low")), number(row.get(f"{metric}_ci_high"))
+    return (lo, hi) if lo is not None and hi is not None else None
 
 
 def _from_failure(row: Row, path: Path) -> None:

@@ -91,6 +91,7 @@ def build_result(run: PatternRun, pair: NodePair, task_sha: dict[str, str], run_
         "phase": run.phase,
         "layer": run.pattern.layer,
         "pattern_id": run.pattern.id,
+        "trial": run.trial,
         "engine": engine,
         "simulated": engine == "sim",
         "validity": {"valid": not reasons, "reasons": reasons},
@@ -157,18 +158,24 @@ def failure_record(run: PatternRun, error: BaseException, started: float, finish
         "phase": run.phase,
         "layer": run.pattern.layer,
         "pattern_id": run.pattern.id,
+        "trial": run.trial,
+        "repeats": run.pattern.repeats,
         "engine": run.cfg["engine"],
         "step": step,
         "node": node,
         "cause": cause,
         "exit_status": status,
         "log_tail": tail,
-        "message": f"{run.pattern.id}: step '{step}' on {node} failed: {cause}",
+        "message": f"{run.pattern.id}{_trial_label(run)}: step '{step}' on {node} failed: {cause}",
         "run_id": run_id,
         "started_at": _iso(started),
         "finished_at": _iso(finished),
         "logs": {n: sorted(str(p) for p in files.values()) for n, files in collected.items()},
     }
+
+
+def _trial_label(run: PatternRun) -> str:
+    return f" (trial {run.trial} of {run.pattern.repeats})" if run.pattern.repeats > 1 else ""
 
 
 def write_failure(path: Path, record: dict[str, Any]) -> None:

@@ -87,16 +87,34 @@ def pattern_state(results: Path, pid: str) -> tuple[str, str]:
             r = json.loads(result.read_text())
             valid = "valid" if r["validity"]["valid"] else "INVALID: " + "; ".join(r["validity"]["reasons"])
             sim = " simulated" if r.get("simulated") else ""
+            n = int(r.get("repeats", 1))
+            if n > 1:
+                st = (r.get("stats") or {}).get("median_ttft_ms") or {}
+                half = (st["ci_high"] - st["ci_low"]) / 2 if st.get("ci_low") is not None else None
+                spread = f" ±{half:.1f} (95% CI)" if half is not None else ""
+                return "done", (f"{n} trials x {r['completed']} req, TTFT p50 {r['median_ttft_ms']:.1f}{spread} ms, "
+                                f"TPOT p50 {r['median_tpot_ms']:.2f} ms, {valid}{sim}")
             return "done", f"{r['completed']} req, TTFT p50 {r['median_ttft_ms']:.1f} ms, TPOT p50 {r['median_tpot_ms']:.2f} ms, {valid}{sim}"
         except (ValueError, KeyError, TypeError) as exc:
             return "corrupt", f"{result}: unreadable result ({type(exc).__name__}: {exc})"
+    done = _finished_trials(results, pid)
     if failure.exists():
-        try:
-            f = json.loads(failure.read_text())
-            return "failed", f"step {f['step']} on {f['node']}: {f['cause']}"
-        except (ValueError, KeyError) as exc:
-            return "failed", f"{failure}: unreadable failure record ({exc})"
-    return "pending", ""
+        return pattern_state_failure(failure)
+    return "pending", f"{len(done)} trial(s) measured: {', '.join(map(str, done))}" if done else ""
+
+
+def pattern_state_failure(failure: Path) -> tuple[str, str]:
+    try:
+        f = json.loads(failure.read_text())
+        which = f" (trial {f['trial']} of {f['repeats']})" if int(f.get("repeats", 1)) > 1 else ""
+        return "failed", f"step {f['step']} on {f['node']}{which}: {f['cause']}"
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return "failed", f"{failure}: unreadable failure record ({exc})"
+
+
+def _finished_trials(results: Path, pid: str) -> list[int]:
+    folder = results / "trials" / pid
+    return sorted(int(p.stem) for p in folder.glob("*.json") if p.stem.isdigit()) if folder.is_dir() else []
 
 
 def phase_status(plan: Plan, workdir: Path = Path("."), configfiles: list[str] | None = None) -> list[PatternStatus]:
@@ -109,15 +127,26 @@ def phase_status(plan: Plan, workdir: Path = Path("."), configfiles: list[str] |
             rel = f"results/{plan.phase_name}/runs/{pid}.json"
             state, detail = pattern_state(results, pid)
             metrics = None
-            if rel in incomplete:
+            trials = f"results/{plan.phase_name}/trials/{pid}/"
+            if rel in incomplete or any(p.startswith(trials) for p in incomplete):
                 state, detail = ("running", "Snakemake is running this pattern") if locked else (
                     "incomplete", "a run was killed while measuring it; rerun with --rerun-incomplete")
             elif state == "done":
                 result = json.loads((workdir / rel).read_text())
                 metrics = _metrics(result)
-                status, plan_col = summary.get(rel, ("ok", "no update"))
-                if plan_col == "update pending":
-                    state, detail = "out-of-date", f"{status}; {detail}"
+                # The measurement is in the trial files: their reason ("params changed") is the one to show.
+                repeats = plan.pattern(pid).repeats
+                rows = [summary.get(f"{trials}{k}.json") for k in range(1, repeats + 1)] + [summary.get(rel)]
+                pending = [r for r in rows if r is not None and r[1] == "update pending"]
+                if pending:
+                    have = set(_finished_trials(results, pid))
+                    todo = [k for k in range(1, repeats + 1) if k not in have]
+                    reason = f"trial(s) {', '.join(map(str, todo))} of {repeats} not measured yet" if todo else pending[0][0]
+                    state, detail = "out-of-date", f"{reason}; {detail}"
+                failure = results / "failures" / f"{pid}.json"
+                if failure.exists():  # a result stands, but the latest attempt (e.g. an added trial) failed
+                    _, why = pattern_state_failure(failure)
+                    detail += f"; last attempt failed: {why}"
             out.append(PatternStatus(pid, layer.id, plan.pattern(pid).backend, state, detail, metrics))
     return out
 

@@ -179,6 +179,11 @@ def result_metrics(result: dict[str, Any]) -> dict[str, float]:
     gpus = (result.get("description") or {}).get("gpus_used")
     if "output_throughput" in out and _number(gpus) and gpus > 0:
         out["output_throughput_per_gpu"] = out["output_throughput"] / gpus
+    # Repeated trials: the spread and the 95% t-interval of each headline mean (trials.py).
+    for key, st in sorted((result.get("stats") or {}).items()):
+        for name, field in (("std", "std"), ("cv", "cv"), ("ci95_low", "ci_low"), ("ci95_high", "ci_high")):
+            if isinstance(st, dict) and _number(st.get(field)):
+                out[f"{key}.{name}"] = float(st[field])
     return out
 
 

@@ -8,7 +8,9 @@ file timestamps) are the params that decide whether a pattern runs again.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import time
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,10 @@ class Phases:
         files = files_for_pattern(self.pattern(phase, pattern_id), self.cfg["engine"], node_file_digests())
         return [f"{rel}={sha}" for rel, sha in sorted(files.items())]
 
+    def trial_results(self, phase: str, pattern_id: str) -> list[str]:
+        """The trial files a pattern's result is folded from: 1..repeats."""
+        return [f"results/{phase}/trials/{pattern_id}/{k}.json" for k in range(1, self.pattern(phase, pattern_id).repeats + 1)]
+
     def layer_results(self, phase: str, layer: str) -> list[str]:
         return [f"results/{phase}/runs/{pid}.json" for pid in self.plan(phase).layer(layer).pattern_ids]
 
@@ -70,3 +76,41 @@ def sweep_stale_layer_markers(results_root: Path = Path("results")) -> list[str]
             print(f"disagglab: {marker} was stale ({missing}); it will be rebuilt", file=sys.stderr)
             removed.append(str(marker))
     return removed
+
+
+AGGREGATED = "aggregated.json"
+"""Written next to a pattern's trials once they are folded into its result (trials.py)."""
+
+
+def sweep_deleted_results(results_root: Path = Path("results"), in_flight: set[str] | None = None) -> list[str]:
+    """Deleting a pattern's result means "measure it again": set its folded trials aside.
+
+    The result is built from trial files; if they stayed, deleting the result would only
+    rebuild it from the same trials. Trials whose result the user deleted are moved (never
+    deleted) to trials/<pattern>/superseded-<time>/, so nothing paid for is lost. A result
+    missing because Snakemake is (or was, when killed) rewriting it is not a deletion:
+    outputs Snakemake marks incomplete are left alone.
+    """
+    if in_flight is None:
+        from .status import running_outputs
+
+        in_flight, _ = running_outputs(Path("."))
+    moved = []
+    for marker in sorted(results_root.glob(f"phase*/trials/*/{AGGREGATED}")):
+        try:
+            doc = json.loads(marker.read_text())
+            result = Path(doc["result"])
+            files = [Path(f) for f in doc["trials"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if result.exists() or str(result) in in_flight:
+            continue
+        dest = marker.parent / time.strftime("superseded-%Y%m%dT%H%M%S")
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            if f.exists():
+                shutil.move(str(f), str(dest / f.name))
+        shutil.move(str(marker), str(dest / AGGREGATED))
+        print(f"disagglab: {result} was deleted; its {len(files)} trial(s) moved to {dest} and will be measured again", file=sys.stderr)
+        moved.append(str(result))
+    return moved

@@ -10,7 +10,7 @@ sys.path.insert(0, workflow.basedir)
 from disagglab.config import ENV_VAR, validate_config
 from disagglab.errors import InputError
 from disagglab.paths import PLANS_DIR
-from disagglab.workflow import Phases, sweep_stale_layer_markers
+from disagglab.workflow import Phases, sweep_deleted_results, sweep_stale_layer_markers
 
 try:
     validate_config(config, "config (config/config.yaml + --config/--configfile)")
@@ -25,6 +25,7 @@ RUN = f"PYTHONPATH={shlex.quote(BASEDIR)} {shlex.quote(PYTHON)} -m disagglab"
 PHASES = Phases(PLANS_DIR, config)
 
 sweep_stale_layer_markers()
+sweep_deleted_results()
 
 
 wildcard_constraints:
@@ -34,6 +35,7 @@ wildcard_constraints:
     layer=r"[A-Za-z0-9_-]+",
     pattern=r"[a-z0-9][a-z0-9.-]*",
     role=r"unified|producer|consumer",
+    trial=r"[1-9][0-9]*",
 
 
 def _plan_call(fn, *args):
@@ -61,6 +63,14 @@ def get_task_digests(wildcards):
 
 def get_node_file_fingerprint(wildcards):
     return _plan_call(PHASES.node_file_fingerprint, wildcards.phase, wildcards.pattern)
+
+
+def get_trial_results(wildcards):
+    return _plan_call(PHASES.trial_results, wildcards.phase, wildcards.pattern)
+
+
+def trial_priority(wildcards):
+    return max(1, 1000 - int(wildcards.trial))
 
 
 def get_layer_results(wildcards):

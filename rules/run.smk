@@ -1,24 +1,39 @@
-# Measured runs. A pattern reruns only when what it runs changed: its task definitions or
+# Measured runs. A trial reruns only when what it runs changed: its task definitions or
 # the node-side files it uses (their sha256s are the params of its deploy and run jobs).
 # Deleting an intermediate file (a task, a deploy marker) never re-measures a pattern.
 
 
-rule run_pattern:
+rule run_trial:
     input:
         tasks=get_task_files,
         deployed="results/{phase}/deploy/{pattern}.json",
     output:
-        "results/{phase}/runs/{pattern}.json",
+        "results/{phase}/trials/{pattern}/{trial}.json",
     log:
-        "results/{phase}/logs/{pattern}/run.log",
+        "results/{phase}/logs/{pattern}/trial-{trial}/run.log",
     params:
         tasks=get_task_digests,
         node_files=get_node_file_fingerprint,
     resources:
         node_pair=1,
+    # Trial k of every pattern before trial k+1 of any: repeats spread over the run's drift.
+    priority: trial_priority
     shell:
         "{RUN} run-pattern --phase {wildcards.phase} --pattern {wildcards.pattern} "
-        "--output {output:q} > {log:q} 2>&1"
+        "--trial {wildcards.trial} --output {output:q} > {log:q} 2>&1"
+
+
+# A pattern's result folds its trials (means, spread, 95% t-intervals). Raising `repeats`
+# adds inputs: only the missing trials are measured, then this cheap step reruns.
+rule run_pattern:
+    input:
+        get_trial_results,
+    output:
+        "results/{phase}/runs/{pattern}.json",
+    log:
+        "results/{phase}/logs/{pattern}/aggregate.log",
+    shell:
+        "{RUN} aggregate --output {output:q} {input:q} > {log:q} 2>&1"
 
 
 rule layer_done:

@@ -21,7 +21,7 @@ def test_stand_in_crash_mid_benchmark_fails_cleanly_and_is_retried(project: Proj
     assert record["pattern_id"] == PATTERN and record["step"] == "bench" and record["node"] == "node2"
     assert "requests failed" in record["cause"]
     assert record["log_tail"], "the failure record carries the last log lines"
-    assert PATTERN in (project.root / f"results/phase14/logs/{PATTERN}/run.log").read_text()
+    assert PATTERN in (project.root / f"results/phase14/logs/{PATTERN}/trial-1/run.log").read_text()
     # the crashed server's log came back through the store
     logs = set(record["logs"].get("node1", [])) | set(record["logs"].get("node2", []))
     assert any(p.endswith("consumer.log") for p in logs) and any(p.endswith("producer.log") for p in logs)

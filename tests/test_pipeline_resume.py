@@ -33,7 +33,7 @@ def run_ids(proj: Project) -> dict[str, str]:
 
 
 def measured(jobs: dict) -> list[str]:
-    return sorted(j["pattern"] for j in jobs.get("run_pattern", []))
+    return sorted(j["pattern"] for j in jobs.get("run_trial", []))
 
 
 class Edit:
@@ -193,5 +193,5 @@ def test_dry_run_of_another_layer_plans_only_its_patterns(tmp_path: Path) -> Non
     assert sorted({j["pattern"] for j in jobs["render_task"]}) == l1
     assert sorted(j["pattern"] for j in jobs["deploy_pattern"]) == l1
     assert [j["layer"] for j in jobs["layer_done"]] == ["L1"]
-    assert set(jobs) == {"render_task", "deploy_pattern", "run_pattern", "layer_done"}
+    assert set(jobs) == {"render_task", "deploy_pattern", "run_trial", "run_pattern", "layer_done"}
     assert not (p.root / "results").exists()

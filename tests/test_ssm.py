@@ -306,7 +306,7 @@ def test_a_layer_runs_through_ssm_and_s3(aws_env, seaweed, tmp_path) -> None:
     agent_env = {**node_env(aws_env)}
     with FakeAgent(REGION, s3, agent_env) as agent:
         out = proj.snakemake("results/phase14/L0.done", env=env)
-    assert out.returncode == 0, out.stderr[-4000:] + (proj.root / "results/phase14/logs/p14-tcp-1k-c1/run.log").read_text()[-3000:]
+    assert out.returncode == 0, out.stderr[-4000:] + (proj.root / "results/phase14/logs/p14-tcp-1k-c1/trial-1/run.log").read_text()[-3000:]
     for pid in ("p14-unified-1k-c1", "p14-tcp-1k-c1"):
         r = proj.result("phase14", pid)
         assert r["completed"] == 30 and r["validity"]["valid"] and r["provenance"]["executor"] == "ssm"

@@ -112,7 +112,9 @@ def test_one_run_per_result_with_params_metrics_tags_artifacts(plan: Plan, resul
         assert run.info.artifact_uri.startswith((results / "mlruns" / EXPERIMENT).resolve().as_uri())
         assert {a.path for a in c.list_artifacts(run.info.run_id)} == {f"{pid}.json", "logs"}
         logged = {a.path for a in c.list_artifacts(run.info.run_id, "logs")}
-        assert {"logs/run.log", "logs/manifest.json", "logs/node1"} <= logged
+        assert {"logs/trial-1", "logs/aggregate.log"} <= logged
+        trial_logs = {a.path for a in c.list_artifacts(run.info.run_id, "logs/trial-1")}
+        assert {"logs/trial-1/run.log", "logs/trial-1/manifest.json", "logs/trial-1/node1"} <= trial_logs
         local = c.download_artifacts(run.info.run_id, f"{pid}.json", str(results.parent / "dl" / pid))
         assert Path(local).read_bytes() == path.read_bytes()
 
