@@ -164,6 +164,22 @@ def test_target_and_initiator_move_verified_data_over_ucx_tcp_on_loopback(tmp_pa
     assert alive_groups(entries) == []
 
 
+def test_an_unreachable_target_fails_the_initiator_and_stop_ends_the_waiting_target(tmp_path: Path) -> None:
+    port, wrong = free_ports("127.0.0.1", 2)
+    node1, node2 = tmp_path / "node1", tmp_path / "node2"
+    code, target = runner(sys.executable, *preflight_args(node1, "target", port))
+    try:
+        assert code == 0, target
+        args = preflight_args(node2, "initiator", wrong)
+        args[args.index("--timeout") + 1] = "1"
+        code, rep = runner(sys.executable, *args)
+        assert code == 1 and f"cannot fetch the target's NIXL metadata from http://127.0.0.1:{wrong}/peer" in rep["cause"]
+    finally:
+        code, stopped = runner(sys.executable, "stop", "--node-dir", str(node1), "--pattern", "p14-tcp-1k-c1", "--grace", "2")
+    assert code == 0 and [(s["name"], s["signal"], s["still_alive"]) for s in stopped["stopped"]] == [("preflight-target", "SIGTERM", False)]
+    assert alive_groups(json.loads((node1 / "runs/p14-tcp-1k-c1/procs.json").read_text())) == []
+
+
 def test_a_python_without_nixl_fails_with_how_to_install_it(tmp_path: Path) -> None:
     bare = tmp_path / "bare"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=60)
