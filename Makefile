@@ -5,6 +5,9 @@ VLLM_VENV ?= .venv-vllm
 TINY_MODEL ?= .models/tiny-llama
 
 .PHONY: setup demo test lint browser vllm-cpu test-vllm check-vllm-flags
+# NIXL for the transport preflight (remote/nixl_preflight.py) on local nodes: UCX over TCP,
+# host memory, no GPU. --no-deps: nixl-cu12 declares torch but does not need it (never install torch).
+NIXL_PKGS ?= nixl-cu12==1.5.1 nixl==1.5.2
 # vLLM's own parser for the plans' vllm_version, installed CPU-only (make check-vllm-flags).
 ARGCHECK_VERSION ?= 0.15.1
 ARGCHECK_VENV ?= .venv-argcheck-$(ARGCHECK_VERSION)
@@ -17,6 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[test,bench]'
+	$(VENV)/bin/pip install --quiet --no-deps $(NIXL_PKGS)
 	touch $@
 
 # The main job: phase14 layer L0 on this machine with the vLLM stand-in.

@@ -24,7 +24,7 @@ from .transport import LocalTransport, Node, Transport
 
 PORT_NAMES = (
     "unified_port", "producer_port", "consumer_port", "proxy_port",
-    "producer_side_channel_port", "consumer_side_channel_port",
+    "producer_side_channel_port", "consumer_side_channel_port", "preflight_port",
 )
 LEASE_DIR = Path("results/.leases")
 BAD_PAIRS = LEASE_DIR / "bad-pairs.json"

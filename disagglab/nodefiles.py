@@ -17,6 +17,7 @@ from .plan import Pattern
 ONLY_FOR = {
     "scripts/disagg_proxy_server.py": lambda p, engine: p.disaggregated,
     "scripts/vllm_sim.py": lambda p, engine: engine == "sim",
+    "remote/nixl_preflight.py": lambda p, engine: p.disaggregated,
 }
 
 

@@ -23,6 +23,7 @@ from .errors import StepFailed
 from .executor import Executor, NodePair
 from .hashing import atomic_write_bytes, sha256_file
 from .plan import Pattern, Plan
+from .preflight import before_servers as nixl_preflight
 from .results import build_result, failure_record, write_failure, write_result
 from .transport import RUNNER_PATH, Node
 
@@ -59,6 +60,8 @@ class PatternRun:
     """Which measured trial of the pattern this run is (1-based; see trials.py)."""
     current: tuple[str, str] = ("prepare", "control")
     """The step and node in progress, so an interrupt can say what it cut short."""
+    preflight: dict[str, Any] | None = None
+    """The NIXL preflight marker of the pair (tcp/efa patterns), copied into the result."""
 
     def log(self, msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {self.pattern.id} trial {self.trial}: {msg}", file=sys.stderr, flush=True)
@@ -148,6 +151,7 @@ class PatternRun:
                         prepared.append(node)
                         self._step(node, ["fetch", "--node-dir", transport.node_dir(node, self.phase), "--store", storage.url,
                                           "--manifest-key", manifest_key, "--manifest-sha256", manifest_sha], STEP_TIMEOUT_S["fetch"])
+                    nixl_preflight(self, pair, run_id, step_reports)
                     grace = str(self.cfg["server"]["stop_grace_s"])
                     for role in self.pattern.roles:
                         node = pair.node(ROLE_NODE[role])

@@ -30,7 +30,7 @@ BINDINGS = frozenset(
     {
         "python", "node_dir", "out_dir", "bind_host", "node1_host", "node2_host",
         "unified_port", "producer_port", "consumer_port", "proxy_port",
-        "producer_side_channel_port", "consumer_side_channel_port",
+        "producer_side_channel_port", "consumer_side_channel_port", "preflight_port",
     }
 )
 _TOKEN = re.compile(r"\$\{([A-Za-z0-9_]+)\}")

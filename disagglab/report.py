@@ -183,6 +183,8 @@ def _note(row: Row) -> str:
         bits.append(f"INVALID: {row['validity_reason']}")
     if row.get("stale"):
         bits.append(f"stale ({row['stale']})")
+    if row.get("efa_verified") is False:
+        bits.append(f"EFA not verified (NIXL preflight: {row.get('preflight_transport')})")
     return _short("; ".join(bits))
 
 

@@ -29,6 +29,8 @@ STATE_COLUMNS = (
     "status", "detail", "failure_step", "failure_node", "failure_cause", "validity", "validity_reason", "stale",
     "engine", "simulated", "result_file",
 )
+# The NIXL preflight of the result's node pair (provenance.preflight): what the KV path was measured as.
+PREFLIGHT_COLUMNS = ("preflight_transport", "preflight_bandwidth_gb_s", "efa_verified")
 PER_GPU_COLUMNS = ("gpus_used", "output_throughput_per_gpu", "total_token_throughput_per_gpu", "request_throughput_per_gpu")
 # Top-level numbers of a result that describe the load or the client, not the measurement.
 NOT_METRICS = frozenset({
@@ -129,6 +131,11 @@ def _from_result(row: Row, pattern: Pattern, path: Path, result: dict[str, Any])
     for key, st in (result.get("stats") or {}).items():
         if isinstance(st, dict) and number(st.get("ci_low")) is not None and number(st.get("ci_high")) is not None:
             row[f"{key}_ci_low"], row[f"{key}_ci_high"] = float(st["ci_low"]), float(st["ci_high"])
+    preflight = (result.get("provenance") or {}).get("preflight")
+    if isinstance(preflight, dict):
+        row["preflight_transport"] = f"{preflight.get('transport')}{' (emulated)' if preflight.get('emulated') else ''}: " + ", ".join(preflight.get("devices") or [])
+        row["preflight_bandwidth_gb_s"] = (preflight.get("bandwidth") or {}).get("mean")
+        row["efa_verified"] = preflight.get("efa_verified")
 
 
 def interval(row: Row, metric: str) -> tuple[float, float] | None:
@@ -154,7 +161,7 @@ def _from_failure(row: Row, path: Path) -> None:
 
 def pattern_row(pattern: Pattern, results_dir: Path) -> Row:
     """The row of one pattern. Never raises for a broken file: the row says what is wrong and where."""
-    row: Row = dict.fromkeys((*STATE_COLUMNS, *PER_GPU_COLUMNS))
+    row: Row = dict.fromkeys((*STATE_COLUMNS, *PREFLIGHT_COLUMNS, *PER_GPU_COLUMNS))
     row.update(_params(pattern))
     row["gpus_used"] = pattern.spec["infrastructure"]["tp_size"] * len(pattern.roles)
     result_path = results_dir / "runs" / f"{pattern.id}.json"
@@ -204,7 +211,7 @@ def collect_rows(plan: Plan, results_dir: Path) -> list[Row]:
 
 def columns(rows: list[Row]) -> list[str]:
     """Parameters, state, per-GPU numbers, then every metric any row has, in a stable order."""
-    fixed = (*PARAM_COLUMNS, *STATE_COLUMNS, *PER_GPU_COLUMNS)
+    fixed = (*PARAM_COLUMNS, *STATE_COLUMNS, *PREFLIGHT_COLUMNS, *PER_GPU_COLUMNS)
     metrics = {k for row in rows for k in row if k not in fixed}
     return [*fixed, *sorted(metrics, key=metric_sort_key)]
 

@@ -127,6 +127,7 @@ def build_result(run: PatternRun, pair: NodePair, task_sha: dict[str, str], run_
             "logs": {node: sorted(files) for node, files in collected.items()},
             "kv_metrics": node_result.get("metrics"),
             "local_vllm": local_vllm.provenance(run.cfg, spec["infrastructure"]["model"]),
+            "preflight": getattr(run, "preflight", None),
         },
         "requests": requests,
     }

@@ -7,6 +7,9 @@ Steps (the control host sequences them across nodes):
   bench    start the proxy if the task has one, read /metrics, run the benchmark, read /metrics
   stop     stop every process this node started for the pattern (idempotent)
   collect  copy the node's result and logs for the pattern into the store
+  preflight  one role of the NIXL transport preflight (remote/nixl_preflight.py): `target`
+           starts in the background (in the ledger, so `stop` ends it), `initiator` runs to
+           the end and reports bandwidth and the transport the library says it used
 
 Every process started is written to a ledger (runs/<pattern>/procs.json) before anything
 waits on it, so `stop` can always find it again, whoever calls it and however the earlier
@@ -43,7 +46,7 @@ BINDING_NAMES = frozenset(
     {
         "python", "node_dir", "out_dir", "bind_host", "node1_host", "node2_host",
         "unified_port", "producer_port", "consumer_port", "proxy_port",
-        "producer_side_channel_port", "consumer_side_channel_port",
+        "producer_side_channel_port", "consumer_side_channel_port", "preflight_port",
     }
 )
 TOKEN = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
@@ -524,7 +527,81 @@ def step_collect(args: argparse.Namespace) -> dict[str, Any]:
     return {"uploaded": uploaded}
 
 
-STEPS = {"fetch": step_fetch, "start": step_start, "bench": step_bench, "stop": step_stop, "collect": step_collect}
+def _preflight_error(log: Path, offset: int) -> str | None:
+    """The role's own one-line reason (nixl_preflight.py prints it with a fixed prefix)."""
+    with contextlib.suppress(OSError):
+        with log.open("rb") as fh:
+            fh.seek(offset)
+            text = fh.read().decode(errors="replace")
+        for line in reversed(text.splitlines()):
+            if line.startswith("PREFLIGHT-ERROR "):
+                return line[len("PREFLIGHT-ERROR "):]
+    return None
+
+
+def step_preflight(args: argparse.Namespace) -> dict[str, Any]:
+    """One role of the NIXL preflight, with the pattern's backend and transport environment.
+
+    The processes go into the pattern's ledger like its servers, so `stop` (always sent)
+    ends a target that never got its notification.
+    """
+    node_dir = Path(args.node_dir).resolve()
+    run_dir = run_dir_for(node_dir, args.pattern)
+    ledger = Ledger(run_dir)
+    bindings = json.loads(args.bindings)
+    unknown = set(bindings) - BINDING_NAMES
+    if unknown:
+        raise StepError(f"unknown bindings: {', '.join(sorted(unknown))}")
+    script = Path(__file__).resolve().parent / "nixl_preflight.py"
+    if not script.is_file():
+        raise StepError(f"{script} is not on this node (was it fetched?)")
+    env = {str(k): str(v) for k, v in json.loads(args.env).items()}
+    port = str(bindings["preflight_port"])
+    common = ["--port", port, "--backend", args.backend, "--timeout", f"{args.timeout:g}"]
+    name = f"preflight-{args.role}"
+    log = run_dir / "logs" / f"{name}.log"
+    offset = log.stat().st_size if log.exists() else 0
+
+    def fail(cause: str, exit_status: int | None = None) -> StepError:
+        entries = ledger.load()
+        stop_entries(entries, args.grace, only={name})
+        ledger.update(entries)
+        own = _preflight_error(log, offset)
+        return StepError(f"NIXL preflight {args.role}: {own or cause}", log, exit_status)
+
+    if args.role == "target":
+        host = bindings["bind_host"]
+        proc = spawn(name, [sys.executable, str(script), "target", "--host", host, *common, "--bytes", str(args.bytes)], env, run_dir, ledger)
+        try:
+            ready = wait_healthy(f"http://{host}:{port}/health", args.timeout, proc, name, log)
+        except StepError as exc:
+            raise fail(exc.cause, exc.exit_status) from None
+        return {"role": "target", "pid": proc.pid, "ready_after_s": round(ready, 3)}
+    report_path = run_dir / "preflight-report.json"
+    report_path.unlink(missing_ok=True)
+    argv = [sys.executable, str(script), "initiator", "--host", bindings[f"{args.peer}_host"], *common,
+            "--iterations", str(args.iterations), "--report", str(report_path)]
+    proc = spawn(name, argv, env, run_dir, ledger)
+    try:
+        code = proc.wait(timeout=args.timeout + 30)
+    except subprocess.TimeoutExpired:
+        raise fail(f"did not finish within {args.timeout + 30:g} s") from None
+    if code != 0 or not report_path.exists():
+        raise fail(f"exited with status {code}" + ("" if report_path.exists() else " and wrote no report"), code)
+    report = json.loads(report_path.read_text())
+    with log.open("rb") as fh:
+        fh.seek(offset)
+        text = fh.read().decode(errors="replace")
+    sys.path.insert(0, str(script.parent))
+    from nixl_preflight import classify  # noqa: PLC0415 - a node-side sibling, found beside this file
+
+    report["transport"] = classify(text, args.backend, report.get("op", "READ"))
+    report["transport"].pop("tables", None)
+    return {"role": "initiator", "preflight": report}
+
+
+STEPS = {"fetch": step_fetch, "start": step_start, "bench": step_bench, "stop": step_stop, "collect": step_collect,
+         "preflight": step_preflight}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -550,6 +627,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     c.add_argument("--pattern", required=True)
     c.add_argument("--store", required=True)
     c.add_argument("--output-prefix", required=True)
+    pf = sub.add_parser("preflight", help="one role of the NIXL transport preflight between the two nodes")
+    pf.add_argument("--node-dir", required=True)
+    pf.add_argument("--pattern", required=True, help="the pattern whose ledger records the processes")
+    pf.add_argument("--role", choices=("target", "initiator"), required=True)
+    pf.add_argument("--bindings", required=True, help="JSON object of run-time values (hosts, preflight_port)")
+    pf.add_argument("--peer", choices=("node1", "node2"), default="node1", help="initiator: the node the target runs on")
+    pf.add_argument("--backend", default="UCX", help="NIXL backend")
+    pf.add_argument("--env", default="{}", help="JSON object: the transport environment of the pattern's backend")
+    pf.add_argument("--bytes", type=int, default=64 << 20)
+    pf.add_argument("--iterations", type=int, default=3)
+    pf.add_argument("--timeout", type=float, default=60.0)
+    pf.add_argument("--grace", type=float, default=10.0)
     return p.parse_args(argv)
 
 

@@ -289,8 +289,8 @@ def test_a_layer_runs_through_ssm_and_s3(aws_env, seaweed, tmp_path) -> None:
     proj: Project = make_project(tmp_path / "proj")
     ids = [online_node("node1").instance_id, online_node("node2").instance_id]
     cfg_path = proj.root / "config/config.yaml"
-    ports = dict(zip(["unified_port", "producer_port", "consumer_port", "proxy_port", "producer_side_channel_port", "consumer_side_channel_port"],
-                     free_ports("127.0.0.1", 6), strict=True))
+    ports = dict(zip(["unified_port", "producer_port", "consumer_port", "proxy_port", "producer_side_channel_port", "consumer_side_channel_port",
+                      "preflight_port"], free_ports("127.0.0.1", 7), strict=True))
     text = cfg_path.read_text().replace("executor: local\n", "executor: ssm\n").replace("storage: local\n", "storage: s3\n")
     text = text.replace("node_root: /opt/disagglab", f"node_root: {tmp_path}/noderoot").replace("max_attempts: 8", "max_attempts: 1")
     for name, port in ports.items():
@@ -312,7 +312,11 @@ def test_a_layer_runs_through_ssm_and_s3(aws_env, seaweed, tmp_path) -> None:
         assert r["completed"] == 30 and r["validity"]["valid"] and r["provenance"]["executor"] == "ssm"
         assert set(r["provenance"]["nodes"].values()) == {"127.0.0.1"}
     steps = [shlex.split(s.splitlines()[-1])[3] for s in agent.scripts]
-    assert {"fetch", "start", "bench", "stop", "collect"} <= set(steps)
+    assert {"fetch", "preflight", "start", "bench", "stop", "collect"} <= set(steps)
+    # the NIXL preflight ran through SSM too, with the pattern's own UCX environment (cuda_copy,tcp)
+    marker = proj.result("phase14", "p14-tcp-1k-c1")["provenance"]["preflight"]
+    assert marker["transport"] == "tcp" and marker["verified"] and marker["local_substitute"] is None
+    assert marker["env"]["UCX_TLS"] == "cuda_copy,tcp" and marker["nodes"]["node1"]["instance_id"] == ids[0]
     entries = []
     for ledger in (tmp_path / "noderoot").glob("*/phase14/runs/*/procs.json"):
         entries.extend(json.loads(ledger.read_text()))
