@@ -17,7 +17,8 @@ from typing import Any
 
 from .plan import Plan
 
-STATES = ("done", "out-of-date", "running", "incomplete", "failed", "pending", "corrupt")
+STATES = ("done", "invalid", "out-of-date", "running", "incomplete", "failed", "pending", "corrupt")
+"""`invalid`: a result exists but is marked invalid (e.g. KV never moved); it is not a success."""
 
 
 @dataclass
@@ -115,6 +116,8 @@ def phase_status(plan: Plan, workdir: Path = Path("."), configfiles: list[str] |
             elif state == "done":
                 result = json.loads((workdir / rel).read_text())
                 metrics = _metrics(result)
+                if not (result.get("validity") or {}).get("valid", False):
+                    state = "invalid"
                 status, plan_col = summary.get(rel, ("ok", "no update"))
                 if plan_col == "update pending":
                     state, detail = "out-of-date", f"{status}; {detail}"

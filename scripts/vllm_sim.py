@@ -1659,7 +1659,7 @@ class SimServer:
         fault = self.cfg.fault
         if fault.malformed_sse_from is not None and ordinal >= fault.malformed_sse_from:
             LOG.error("DISAGG_SIM_FAULT: broken SSE data line in request #%d", ordinal)
-            await resp.write(b'data: {"id": "' + req.request_id.encode() + b'", "choices": [{"text": \n\n')
+            await resp.write(b'data: {"choices": [{"text": \n\n')  # the same bytes every time: errors group in the result
         if fault.hang_mid_stream is not None and ordinal == fault.hang_mid_stream:
             LOG.error("DISAGG_SIM_FAULT: request #%d stops sending tokens and holds its connection", ordinal)
             self.engine.abort(req)  # the engine moves on; this connection just never hears more
@@ -1724,7 +1724,7 @@ class SimServer:
             self.stats.finished["error"] += 1
             if trace is not None:
                 trace.finish("error")
-            return error_response(f"DISAGG_SIM_FAULT http_500: simulated engine error on request #{ordinal}", "InternalServerError", 500)
+            return error_response("DISAGG_SIM_FAULT http_500: simulated engine error", "InternalServerError", 500)
 
         resp: web.StreamResponse | None = None
         if stream:  # vLLM sends the SSE headers before any engine work
