@@ -190,7 +190,8 @@ class PatternRun:
         output = self.results_dir / "runs" / f"{self.pattern.id}.json"
         write_result(output, result)
         failure_path.unlink(missing_ok=True)
-        self.log(f"done: {result['completed']} requests, valid={result['validity']['valid']}")
+        self.log(f"done: {result['completed']} requests, valid={result['validity']['valid']}"
+                 + ("" if result["validity"]["valid"] else f"; the result is marked INVALID: {'; '.join(result['validity']['reasons'])}"))
         return output
 
     def _bench_timeout(self) -> float:

@@ -274,3 +274,18 @@ def test_the_runner_refuses_a_task_that_sets_fault_variables_and_drops_inherited
     seen = json.loads(dump.read_text())
     assert "PATH" in seen and not [k for k in seen if k.startswith(("DISAGG_", "DISAGGLAB_"))]
     subprocess.run([*runner, "stop", "--node-dir", str(node), "--pattern", "p1-x", "--grace", "1"], capture_output=True, timeout=60, check=False)
+
+
+def test_over_ssm_a_fault_travels_as_a_quoted_runner_argument_not_as_environment() -> None:
+    """On AWS the node does not share our environment: the SSM script carries the fault as an argument."""
+    import shlex
+
+    from disagglab import faults
+    from disagglab.ssm import Bootstrap, build_script
+
+    args = ["bench", "--node-dir", "/opt/disagglab/phase14", *faults.step_args({"proxy": "kill_after_s=1.5", "consumer": "crash_after=3"},
+                                                                                ["proxy", "benchmark"])]
+    script = build_script("/opt/disagglab/phase14", Bootstrap("bucket", "phase14/remote/task_runner.py", "0" * 64, "/opt/venv/bin/python"), args, None)
+    assert shlex.split(script.splitlines()[-1])[3:] == args
+    assert args[-2:] == ["--fault", "proxy=kill_after_s=1.5"], "only the roles of this step"
+    assert "DISAGG" not in "\n".join(script.splitlines()[:-1])
