@@ -97,6 +97,8 @@ def validate_entry(pid: str, roles: Mapping[str, str], pattern: Pattern | None, 
             problems.append(f"{where}.{role}: server faults exist only in the stand-in (engine: sim), not with engine {engine!r}")
         elif spec == "no_kv_params" and role != "producer":
             problems.append(f"{where}.{role}: no_kv_params applies to a producer only")
+        elif role == "producer" and spec.split("=")[0] in ("hang_mid_stream", "malformed_sse"):
+            problems.append(f"{where}.producer: {spec.split('=')[0]} breaks streamed answers, and a producer answers the proxy without streaming")
     return problems
 
 

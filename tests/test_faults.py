@@ -174,13 +174,14 @@ def test_rerun_without_faults_retries_exactly_the_failed_patterns(faulted) -> No
 
 def test_a_bad_faults_variable_stops_the_run_before_any_job(project: Project) -> None:
     value = json.dumps({"p14-nope-1k-c1": {"unified": "never_healthy"}, "p14-unified-1k-c1": {"producer": "no_kv_params", "proxy": "kill_after_s=1"},
-                        "p14-tcp-1k-c1": {"consumer": "no_kv_params"}})
+                        "p14-tcp-1k-c1": {"consumer": "no_kv_params", "producer": "malformed_sse=3"}})
     out = project.snakemake("results/phase14/runs/p14-unified-1k-c1.json", env={"DISAGGLAB_FAULTS": value})
     assert out.returncode != 0
     for message in ("DISAGGLAB_FAULTS: p14-nope-1k-c1: unknown pattern",
                     "DISAGGLAB_FAULTS: p14-unified-1k-c1.producer: pattern p14-unified-1k-c1 (unified) has no role 'producer'",
                     "DISAGGLAB_FAULTS: p14-unified-1k-c1.proxy: pattern p14-unified-1k-c1 (unified) runs no proxy",
-                    "DISAGGLAB_FAULTS: p14-tcp-1k-c1.consumer: no_kv_params applies to a producer only"):
+                    "DISAGGLAB_FAULTS: p14-tcp-1k-c1.consumer: no_kv_params applies to a producer only",
+                    "DISAGGLAB_FAULTS: p14-tcp-1k-c1.producer: malformed_sse breaks streamed answers"):
         assert message in out.stdout + out.stderr, out.stderr[-3000:]
     assert not (project.root / "results/phase14").exists(), "nothing ran"
 
