@@ -155,8 +155,11 @@ def test_rerun_without_faults_retries_exactly_the_failed_patterns(faulted) -> No
     project, _ = faulted
     jobs = project.dry_run_jobs(f"results/{PHASE}/{LAYER}.done")
     assert sorted(j["pattern"] for j in jobs["run_pattern"]) == sorted(EXPECTED)
+    kept = {pid: (_results(project) / "runs" / f"{pid}.json").read_bytes() for pid in (CLEAN, NO_KV)}
     out = project.snakemake(f"results/{PHASE}/{LAYER}.done", f"results/{PHASE}/summary.csv", *PARALLEL)
     assert out.returncode == 0, out.stderr[-3000:]
+    for pid, data in kept.items():  # no result was lost or redone
+        assert (_results(project) / "runs" / f"{pid}.json").read_bytes() == data, pid
     for pid in EXPECTED:
         assert project.result(PHASE, pid)["validity"]["valid"], pid
         assert not (_results(project) / "failures" / f"{pid}.json").exists()
