@@ -34,6 +34,10 @@ def validate_config(cfg: Any, source: str) -> dict[str, Any]:
     ]
     if not problems and cfg["benchmark"]["token_id_low"] >= cfg["benchmark"]["token_id_high"]:
         problems.append(Problem(source, "benchmark.token_id_low", "must be less than benchmark.token_id_high"))
+    if not problems:
+        from .faults import reserved_env_problems
+
+        problems += reserved_env_problems(cfg, source)
     if problems:
         raise ConfigError(problems)
     return cfg

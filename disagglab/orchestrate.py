@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import local_vllm
+from . import faults, local_vllm
 from .errors import StepFailed
 from .executor import Executor, NodePair
 from .hashing import atomic_write_bytes, sha256_file
@@ -128,6 +129,10 @@ class PatternRun:
                     refused = local_vllm.refusal(self.cfg, self.pattern.backend)
                     if refused:
                         raise StepFailed("prepare", "control", refused)
+                    try:  # test-only fault injection (DISAGGLAB_FAULTS); empty in every real run
+                        fault_roles = faults.for_pattern(os.environ, self.pattern, self.cfg["engine"])
+                    except faults.FaultError as exc:
+                        raise StepFailed("prepare", "control", str(exc)) from None
                     files, task_sha = self._deployed()
                     used = [pair.node(n) for n in dict.fromkeys(ROLE_NODE[r] for r in self.pattern.roles)]
                     self.log(f"node pair {pair.index}: " + ", ".join(f"{n.name}={n.instance_id or n.address}" for n in used))
@@ -158,14 +163,14 @@ class PatternRun:
                         self.log(f"start {role} on {node.name}")
                         step_reports[f"start:{role}"] = self._step(node, [
                             "start", "--node-dir", transport.node_dir(node, self.phase), "--task", f"tasks/{self.pattern.id}/{role}.json",
-                            "--bindings", json.dumps(pair.bindings(node)), "--grace", grace,
+                            "--bindings", json.dumps(pair.bindings(node)), "--grace", grace, *faults.step_args(fault_roles, [role]),
                         ], float(self.cfg["server"]["health_timeout_s"]) + 60)
                     bench_role = self.pattern.roles[-1]
                     node = pair.node(ROLE_NODE[bench_role])
                     self.log(f"benchmark on {node.name}")
                     step_reports["bench"] = self._step(node, [
                         "bench", "--node-dir", transport.node_dir(node, self.phase), "--task", f"tasks/{self.pattern.id}/{bench_role}.json",
-                        "--bindings", json.dumps(pair.bindings(node)), "--grace", grace,
+                        "--bindings", json.dumps(pair.bindings(node)), "--grace", grace, *faults.step_args(fault_roles, ["proxy", "benchmark"]),
                     ], self._bench_timeout())
                 except (StepFailed, Interrupted, Exception) as exc:  # noqa: BLE001 - any failure becomes a failure record
                     error = exc
@@ -200,7 +205,8 @@ class PatternRun:
         output = self.output
         write_result(output, result)
         failure_path.unlink(missing_ok=True)
-        self.log(f"done: {result['completed']} requests, valid={result['validity']['valid']}")
+        self.log(f"done: {result['completed']} requests, valid={result['validity']['valid']}"
+                 + ("" if result["validity"]["valid"] else f"; the result is marked INVALID: {'; '.join(result['validity']['reasons'])}"))
         return output
 
     def _bench_timeout(self) -> float:

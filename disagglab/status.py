@@ -17,7 +17,8 @@ from typing import Any
 
 from .plan import Plan
 
-STATES = ("done", "out-of-date", "running", "incomplete", "failed", "pending", "corrupt")
+STATES = ("done", "invalid", "out-of-date", "running", "incomplete", "failed", "pending", "corrupt")
+"""`invalid`: a result exists but is marked invalid (e.g. KV never moved); it is not a success."""
 
 
 @dataclass
@@ -134,6 +135,8 @@ def phase_status(plan: Plan, workdir: Path = Path("."), configfiles: list[str] |
             elif state == "done":
                 result = json.loads((workdir / rel).read_text())
                 metrics = _metrics(result)
+                if not (result.get("validity") or {}).get("valid", False):
+                    state = "invalid"
                 # The measurement is in the trial files: their reason ("params changed") is the one to show.
                 repeats = plan.pattern(pid).repeats
                 rows = [summary.get(f"{trials}{k}.json") for k in range(1, repeats + 1)] + [summary.get(rel)]

@@ -15,6 +15,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from .errors import InputError
+from .faults import phase_of
 from .nodefiles import files_for_pattern, node_file_digests
 from .plan import Pattern, Plan, load_plan
 from .render import render_task, sha256_text
@@ -32,6 +34,16 @@ class Phases:
 
     def pattern(self, phase: str, pattern_id: str) -> Pattern:
         return self.plan(phase).pattern(pattern_id)
+
+    def pattern_or_none(self, pattern_id: str) -> Pattern | None:
+        """The pattern of that id in the plan its prefix names (p14-... -> phase14), if any."""
+        phase = phase_of(pattern_id)
+        if phase is None or not (self.plans_dir / f"{phase}.json").exists():
+            return None
+        try:
+            return self.pattern(phase, pattern_id)
+        except (KeyError, InputError):
+            return None
 
     @cache  # noqa: B019
     def task_text(self, phase: str, pattern_id: str, role: str) -> str:

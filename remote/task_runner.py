@@ -16,6 +16,13 @@ waits on it, so `stop` can always find it again, whoever calls it and however th
 step ended. Each step prints one last line `RUNNER-RESULT {json}` and exits 0 on success,
 1 on failure; the JSON names the step, the cause and the tail of the relevant log.
 
+Fault injection (tests only): `start` and `bench` take `--fault ROLE=SPEC`, which only the
+control side's DISAGGLAB_FAULTS produces (disagglab/faults.py). A server role's SPEC becomes
+DISAGG_SIM_FAULT of exactly that server (the stand-in only); `proxy=kill_after_s=S` and
+`benchmark=kill_after_s=S` make this runner SIGKILL that process group S seconds after the
+benchmark started. Nothing else enables a fault: a task whose env names DISAGG_*/DISAGGLAB_*
+variables is refused, and such variables inherited from the caller never reach a child.
+
 Standalone on purpose: stdlib only, never imports the control package (it runs under the
 plan's vLLM venv on the nodes).
 """
@@ -33,6 +40,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -50,6 +58,9 @@ BINDING_NAMES = frozenset(
     }
 )
 TOKEN = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
+RESERVED_ENV_PREFIXES = ("DISAGG_", "DISAGGLAB_")
+"""Test-only switches (fault injection, control-side config): never from a task, never inherited."""
+KILL_FAULT = re.compile(r"^kill_after_s=([0-9]+(?:\.[0-9]+)?)$")
 HEALTH_POLL_S = 0.05
 LOG_TAIL_LINES = 30
 EVIDENCE_METRICS = {
@@ -196,7 +207,8 @@ def spawn(name: str, argv: list[str], env: dict[str, str], run_dir: Path, ledger
     """Start argv detached in its own session/process group, logging to logs/<name>.log."""
     log_path = run_dir / "logs" / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    full_env = {**os.environ, **env}
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(RESERVED_ENV_PREFIXES)}
+    full_env = {**inherited, **env}
     with log_path.open("ab") as log:
         log.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {name}: {json.dumps(argv)}\n".encode())
         log.flush()
@@ -397,7 +409,53 @@ def load_task(node_dir: Path, rel: str) -> dict[str, Any]:
         raise StepError(f"task definition {rel} is not on this node (was it fetched?)") from None
     if task.get("kind") != "task" or task.get("schema_version") != 1:
         raise StepError(f"{rel} is not a schema_version 1 task definition")
+    for i, server in enumerate(task.get("servers", [])):
+        reserved = sorted(k for k in server.get("env", {}) if k.startswith(RESERVED_ENV_PREFIXES))
+        if reserved:
+            raise StepError(f"{rel}: servers[{i}].env sets {', '.join(reserved)}: DISAGG_*/DISAGGLAB_* variables are test-only "
+                            "switches and cannot come from a task definition")
     return task
+
+
+def parse_faults(items: list[str] | None, allowed: set[str]) -> dict[str, str]:
+    """--fault ROLE=SPEC arguments (test-only fault injection) -> {role: spec}."""
+    faults: dict[str, str] = {}
+    for item in items or []:
+        role, sep, spec = item.partition("=")
+        if not sep or not spec:
+            raise StepError(f"--fault {item!r}: expected ROLE=SPEC")
+        if role not in allowed:
+            raise StepError(f"--fault {item!r}: this step has no role {role!r} (roles here: {', '.join(sorted(allowed))})")
+        if role in faults:
+            raise StepError(f"--fault: role {role!r} given twice")
+        if role in ("proxy", "benchmark") and not KILL_FAULT.match(spec):
+            raise StepError(f"--fault {item!r}: the {role} supports only kill_after_s=SECONDS")
+        faults[role] = spec
+    return faults
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "is still running"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name} (exit status {code})"
+    return f"exited with status {code}"
+
+
+def kill_later(entry: dict[str, Any], after_s: float, log: Path) -> threading.Timer:
+    """Fault injection: SIGKILL a process group after a delay, saying so in its log."""
+    def fire() -> None:
+        with contextlib.suppress(OSError), log.open("ab") as fh:
+            fh.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} fault injection (DISAGGLAB_FAULTS): the runner sends SIGKILL "
+                     f"to {entry['name']}'s process group {entry['pgid']} after {after_s:g} s\n".encode())
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(entry["pgid"], signal.SIGKILL)
+
+    timer = threading.Timer(after_s, fire)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def full_bindings(args: argparse.Namespace, task: dict[str, Any]) -> dict[str, str]:
@@ -435,10 +493,15 @@ def step_start(args: argparse.Namespace) -> dict[str, Any]:
     bindings = full_bindings(args, task)
     run_dir = run_dir_for(node_dir, task["pattern"])
     ledger = Ledger(run_dir)
+    faults = parse_faults(args.fault, {srv["name"] for srv in task["servers"]})
+    if faults and task.get("engine") != "sim":
+        raise StepError(f"--fault {', '.join(sorted(faults))}: server faults exist only in the stand-in (engine sim), this task runs {task.get('engine')!r}")
     ready = {}
     for server in task["servers"]:
         argv = bind(server["argv"], bindings)
         env = bind(server.get("env", {}), bindings)
+        if server["name"] in faults:
+            env["DISAGG_SIM_FAULT"] = faults[server["name"]]
         proc = spawn(server["name"], argv, env, run_dir, ledger)
         log = run_dir / "logs" / f"{server['name']}.log"
         ready[server["name"]] = round(wait_healthy(bind(server["health_url"], bindings), float(server["health_timeout_s"]), proc, server["name"], log), 3)
@@ -458,37 +521,58 @@ def step_bench(args: argparse.Namespace) -> dict[str, Any]:
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
+    faults = parse_faults(args.fault, {"benchmark", "proxy"} if task.get("proxy") else {"benchmark"})
     timings: dict[str, float] = {}
+    proxy_proc: subprocess.Popen[bytes] | None = None
+    proxy_log = run_dir / "logs" / "proxy.log"
     if task.get("proxy"):
         proxy = task["proxy"]
-        proc = spawn("proxy", bind(proxy["argv"], bindings), {}, run_dir, ledger)
-        timings["proxy_healthy_after_s"] = round(wait_healthy(bind(proxy["health_url"], bindings), float(proxy["health_timeout_s"]), proc, "proxy", run_dir / "logs" / "proxy.log"), 3)
+        proxy_proc = spawn("proxy", bind(proxy["argv"], bindings), {}, run_dir, ledger)
+        timings["proxy_healthy_after_s"] = round(wait_healthy(bind(proxy["health_url"], bindings), float(proxy["health_timeout_s"]), proxy_proc, "proxy", proxy_log), 3)
     server = next(s for s in task["servers"] if s["name"] == task["role"])
     metrics_url = bind(server["metrics_url"], bindings)
     before = scrape_metrics(metrics_url)
     t0 = time.time()
     bench_log = run_dir / "logs" / "benchmark.log"
     proc = spawn("benchmark", bind(bench["argv"], bindings), {}, run_dir, ledger)
+    by_pid = {e["pid"]: e for e in ledger.load()}
+    timers = [kill_later(by_pid[p.pid], float(KILL_FAULT.match(faults[role]).group(1)), run_dir / "logs" / f"{role}.log")  # type: ignore[union-attr]
+              for role, p in (("proxy", proxy_proc), ("benchmark", proc)) if role in faults and p is not None]
     try:
         code = proc.wait()
     finally:
+        for timer in timers:
+            timer.cancel()
         if proc.poll() is None:
             stop_entries([e for e in ledger.load() if e["pid"] == proc.pid], 2.0)
     t1 = time.time()
-    after = scrape_metrics(metrics_url)
+    # What died under the benchmark on this node: named in the cause, before the request errors.
+    gone = [f"proxy (pid {proxy_proc.pid}) {describe_exit(proxy_proc.poll())} during the benchmark"] if proxy_proc and proxy_proc.poll() is not None else []
+    gone += [f"{e['name']} (pid {e['pid']}) is no longer running" for e in ledger.load()
+             if e["name"] in {srv["name"] for srv in task["servers"]} and not e.get("stopped_at") and not pid_alive(e["pid"], e.get("starttime"))]
+    explain_log = proxy_log if gone and gone[0].startswith("proxy") else bench_log
+    try:
+        after: dict[str, float] | None = scrape_metrics(metrics_url)
+        unreadable = ""
+    except (urllib.error.URLError, OSError) as exc:  # the server died under the benchmark: the cause says so
+        after, unreadable = None, f"cannot read {metrics_url} after the benchmark ({getattr(exc, 'reason', exc)})"
     if task.get("proxy"):
         entries = ledger.load()
         stop_entries(entries, 5.0, only={"proxy"})
         ledger.update(entries)
     result_file = out_dir / "benchmark.json"
+    prefix = "".join(f"{g}; " for g in gone)
     if code != 0 or not result_file.exists():
-        raise StepError(f"benchmark exited with status {code}" + ("" if result_file.exists() else " and wrote no result"), bench_log, code)
+        cause = f"benchmark {describe_exit(code)}" + ("" if result_file.exists() else " and wrote no result")
+        raise StepError(prefix + cause, explain_log if gone else bench_log, code)
     result = json.loads(result_file.read_text())
     failed = int(result.get("failed", 0))
     completed = int(result.get("completed", 0))
     if completed == 0 or failed > int(bench.get("max_failed_requests", 0)):
         errors = "; ".join(f"{e.get('count', '?')}x {e.get('error', e)}" for e in result.get("errors", [])[:3]) if isinstance(result.get("errors"), list) else ""
-        raise StepError(f"{failed} of {failed + completed} measured requests failed (allowed: {bench.get('max_failed_requests', 0)}): {errors}", bench_log)
+        raise StepError(prefix + f"{failed} of {failed + completed} measured requests failed (allowed: {bench.get('max_failed_requests', 0)}): {errors}", explain_log)
+    if after is None:
+        raise StepError(prefix + unreadable, explain_log)
     delta = {k: after[k] - before[k] for k in EVIDENCE_METRICS}
     node_result = {
         "benchmark": result,
@@ -618,6 +702,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         s.add_argument("--task", required=True, help="task definition path relative to the node folder")
         s.add_argument("--bindings", required=True, help="JSON object of run-time values (hosts, ports)")
         s.add_argument("--grace", type=float, default=10.0)
+        s.add_argument("--fault", action="append", metavar="ROLE=SPEC", help="test-only fault injection (from DISAGGLAB_FAULTS)")
     s = sub.add_parser("stop", help="stop every process started for a pattern on this node")
     s.add_argument("--node-dir", required=True)
     s.add_argument("--pattern", required=True)

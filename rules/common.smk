@@ -9,6 +9,7 @@ sys.path.insert(0, workflow.basedir)
 
 from disagglab.config import ENV_VAR, validate_config
 from disagglab.errors import InputError
+from disagglab.faults import FaultError, check_environment as check_fault_environment
 from disagglab.paths import PLANS_DIR
 from disagglab.workflow import Phases, sweep_deleted_results, sweep_stale_layer_markers
 
@@ -23,6 +24,12 @@ PYTHON = sys.executable
 BASEDIR = workflow.basedir
 RUN = f"PYTHONPATH={shlex.quote(BASEDIR)} {shlex.quote(PYTHON)} -m disagglab"
 PHASES = Phases(PLANS_DIR, config)
+
+# Test-only fault injection (disagglab/faults.py): a wrong DISAGGLAB_FAULTS stops the run before any job.
+try:
+    check_fault_environment(os.environ, PHASES.pattern_or_none, config["engine"])
+except FaultError as exc:
+    raise WorkflowError(str(exc))
 
 sweep_stale_layer_markers()
 sweep_deleted_results()

@@ -182,10 +182,26 @@ the server is idle: a large answer is built on the event loop.
 
 Fault injection (tests only)
 ----------------------------
-``DISAGG_SIM_FAULT=crash_after=N`` (environment only, never a flag): the
-process calls ``os._exit(70)`` while serving its (N+1)-th completion request,
-right after that request's first token was written (streaming) or produced
-(non-streaming).  Any other non-empty value exits 2 at startup.
+``DISAGG_SIM_FAULT=<fault>`` (environment only, never a flag; the pipeline's
+node runner sets it for exactly one server when the control side's test-only
+``DISAGGLAB_FAULTS`` asks for it).  Requests are counted per server from 1, in
+the order their completion request passed validation.
+
+* ``crash_after=N``: ``os._exit(70)`` while serving request N+1, right after
+  its first token was written (streaming) or produced (non-streaming).
+* ``slow_start=S``: the HTTP port is bound (and /health answers) only after S
+  wall-clock seconds (not scaled by ``time_scale``) instead of ``startup_s``.
+* ``never_healthy``: starts normally, but ``/health`` always answers 503.
+* ``hang_mid_stream=N``: request N writes its first token, then stops sending
+  and keeps the connection open until the client goes away.
+* ``http_500=N``: request N and every later one answer HTTP 500 with vLLM's
+  error JSON before any engine work.
+* ``malformed_sse=N``: streams of request N and later carry one broken
+  ``data:`` line (truncated JSON) after the first token.
+* ``no_kv_params``: a producer answers ``kv_transfer_params: null`` (no KV
+  lease), so the decode server re-prefills locally and moves no KV.
+
+Any other non-empty value exits 2 at startup, naming the supported faults.
 
 SIGTERM/SIGINT close the listeners and exit 0 within about a second.
 """
@@ -374,9 +390,24 @@ def parse_profile(text: str | None) -> Profile:
 
 @dataclass
 class Fault:
-    """Test-only fault injection parsed from DISAGG_SIM_FAULT."""
+    """Test-only fault injection parsed from DISAGG_SIM_FAULT (module docstring)."""
 
     crash_after: int | None = None
+    slow_start_s: float | None = None
+    never_healthy: bool = False
+    hang_mid_stream: int | None = None
+    http_500_from: int | None = None
+    malformed_sse_from: int | None = None
+    no_kv_params: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self != Fault()
+
+
+FAULT_USAGE = (
+    "crash_after=N, slow_start=S, never_healthy, hang_mid_stream=N, http_500=N, malformed_sse=N, no_kv_params"
+)
 
 
 def parse_fault(value: str | None) -> Fault:
@@ -384,9 +415,20 @@ def parse_fault(value: str | None) -> Fault:
     if not value:
         return Fault()
     name, sep, arg = value.partition("=")
-    if name == "crash_after" and sep and arg.isdigit():
-        return Fault(crash_after=int(arg))
-    raise ConfigError(f"DISAGG_SIM_FAULT: unknown value {value!r} (supported: crash_after=N)")
+    counted = {"crash_after": "crash_after", "hang_mid_stream": "hang_mid_stream",
+               "http_500": "http_500_from", "malformed_sse": "malformed_sse_from"}
+    if name in counted and sep and arg.isdigit() and (name == "crash_after" or int(arg) >= 1):
+        return Fault(**{counted[name]: int(arg)})
+    if name == "slow_start" and sep:
+        try:
+            seconds = float(arg)
+        except ValueError:
+            seconds = -1.0
+        if seconds >= 0 and math.isfinite(seconds):
+            return Fault(slow_start_s=seconds)
+    if name in ("never_healthy", "no_kv_params") and not sep:
+        return Fault(**{name: True})
+    raise ConfigError(f"DISAGG_SIM_FAULT: unknown value {value!r} (supported: {FAULT_USAGE}; N >= 1 except crash_after)")
 
 
 @dataclass
@@ -1438,6 +1480,8 @@ class SimServer:
         """200 with an empty body while the engine loop lives, like vLLM's /health."""
         if self.engine_task is None or self.engine_task.done():
             return error_response("engine is dead", "EngineDeadError", 500)
+        if self.cfg.fault.never_healthy:
+            return error_response("DISAGG_SIM_FAULT never_healthy: this server never becomes healthy", "ServiceUnavailableError", 503)
         return web.Response(status=200)
 
     async def models(self, request: web.Request) -> web.Response:
@@ -1610,6 +1654,17 @@ class SimServer:
             sys.stderr.flush()
             os._exit(70)
 
+    async def _stream_faults(self, resp: web.StreamResponse, req: SimRequest, ordinal: int) -> None:
+        """DISAGG_SIM_FAULT hang_mid_stream / malformed_sse, right after a stream's first token."""
+        fault = self.cfg.fault
+        if fault.malformed_sse_from is not None and ordinal >= fault.malformed_sse_from:
+            LOG.error("DISAGG_SIM_FAULT: broken SSE data line in request #%d", ordinal)
+            await resp.write(b'data: {"choices": [{"text": \n\n')  # the same bytes every time: errors group in the result
+        if fault.hang_mid_stream is not None and ordinal == fault.hang_mid_stream:
+            LOG.error("DISAGG_SIM_FAULT: request #%d stops sending tokens and holds its connection", ordinal)
+            self.engine.abort(req)  # the engine moves on; this connection just never hears more
+            await asyncio.Event().wait()  # until the client disconnects (the handler is cancelled)
+
     async def _serve(self, request: web.Request, chat: bool) -> web.StreamResponse:
         """Validate, run the NixlConnector per-request protocol, then stream or return the result."""
         loop = asyncio.get_running_loop()
@@ -1663,6 +1718,13 @@ class SimServer:
         self.served_requests += 1
         ordinal = self.served_requests
         created = int(time.time())
+        fault = self.cfg.fault
+        if fault.http_500_from is not None and ordinal >= fault.http_500_from:
+            LOG.error("DISAGG_SIM_FAULT: answering request #%d with HTTP 500", ordinal)
+            self.stats.finished["error"] += 1
+            if trace is not None:
+                trace.finish("error")
+            return error_response("DISAGG_SIM_FAULT http_500: simulated engine error", "InternalServerError", 500)
 
         resp: web.StreamResponse | None = None
         if stream:  # vLLM sends the SSE headers before any engine work
@@ -1701,7 +1763,7 @@ class SimServer:
                 self._crash_if_due(ordinal)
                 while not req.finished and not req.aborted:
                     await req.wait_beyond(req.generated)
-                kv_out = self.kv.create_lease(req) if (remote_decode and self.kv is not None) else None
+                kv_out = self.kv.create_lease(req) if (remote_decode and self.kv is not None and not fault.no_kv_params) else None
                 result = web.json_response(self._full_body(req, chat, created, kv_out))
                 if trace is not None and req.finished:
                     trace.body_written(req.generated)
@@ -1863,6 +1925,7 @@ class SimServer:
             await resp.write(data)
             if sent == 0:
                 self._crash_if_due(ordinal)
+                await self._stream_faults(resp, req, ordinal)
             sent = n
         if include_usage:
             usage = {
@@ -1920,6 +1983,8 @@ async def serve(cfg: ServeConfig) -> int:
         loop.add_signal_handler(sig, stop.set)
     server = SimServer(cfg)
     startup = cfg.profile.startup_s * cfg.profile.time_scale
+    if cfg.fault.slow_start_s is not None:
+        startup = cfg.fault.slow_start_s
     t0 = time.monotonic()
     if server.kv is not None:  # vLLM starts the NIXL handshake listener during engine init
         try:
@@ -2023,11 +2088,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg.side_host,
             cfg.side_port,
         )
-    if cfg.fault.crash_after is not None:
-        LOG.warning(
-            "DISAGG_SIM_FAULT active: crash during completion request #%d",
-            cfg.fault.crash_after + 1,
-        )
+    if cfg.fault.active:
+        LOG.warning("DISAGG_SIM_FAULT active (test-only fault injection): %s", os.environ.get("DISAGG_SIM_FAULT"))
     code = asyncio.run(serve(cfg))
     logging.shutdown()
     return code

@@ -12,7 +12,7 @@ TARGET = f"results/phase14/runs/{PATTERN}.json"
 
 
 def test_stand_in_crash_mid_benchmark_fails_cleanly_and_is_retried(project: Project) -> None:
-    out = project.snakemake(TARGET, env={"DISAGG_SIM_FAULT": "crash_after=5"})
+    out = project.snakemake(TARGET, env={"DISAGGLAB_FAULTS": json.dumps({PATTERN: {"consumer": "crash_after=5"}})})
     assert out.returncode != 0
     result = project.root / TARGET
     failure = project.root / "results/phase14/failures" / f"{PATTERN}.json"

@@ -100,7 +100,7 @@ def test_raising_repeats_measures_only_the_missing_trials(proj: Project) -> None
 
     # One new trial fails: the finished ones stay, the failure names the trial, and only it is retried.
     failing = f"results/{PHASE}/trials/{IDS[1]}/4.json"
-    out = proj.snakemake(failing, env={"DISAGG_SIM_FAULT": "crash_after=3"})
+    out = proj.snakemake(failing, env={"DISAGGLAB_FAULTS": json.dumps({IDS[1]: {"consumer": "crash_after=3"}})})
     assert out.returncode != 0
     record = json.loads((proj.root / "results" / PHASE / "failures" / f"{IDS[1]}.json").read_text())
     assert record["trial"] == 4 and record["repeats"] == 5 and "(trial 4 of 5)" in record["message"]

@@ -47,7 +47,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     proj = make_project(tmp_path_factory.mktemp("report") / "proj")
     out = proj.snakemake(f"results/{PHASE}/L0.done")
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
-    out = proj.snakemake(f"results/{PHASE}/runs/{FAILING}.json", env={"DISAGG_SIM_FAULT": "crash_after=5"})
+    out = proj.snakemake(f"results/{PHASE}/runs/{FAILING}.json", env={"DISAGGLAB_FAULTS": json.dumps({FAILING: {"consumer": "crash_after=5"}})})
     assert out.returncode != 0, "the injected fault must fail the pattern"
     assert (proj.root / f"results/{PHASE}/failures/{FAILING}.json").exists()
     plan = load_plan(proj.root / "plans" / f"{PHASE}.json")

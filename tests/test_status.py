@@ -17,7 +17,7 @@ def states(project: Project) -> dict[str, dict]:
 def test_status_reports_every_state_with_reasons(project: Project) -> None:
     for pid in ("p14-unified-1k-c1", "p14-tcp-1k-c1", "p14-efa-4k-c1"):
         assert project.snakemake(f"results/phase14/runs/{pid}.json").returncode == 0
-    crashed = project.snakemake("results/phase14/runs/p14-efa-1k-c1.json", env={"DISAGG_SIM_FAULT": "crash_after=3"})
+    crashed = project.snakemake("results/phase14/runs/p14-efa-1k-c1.json", env={"DISAGGLAB_FAULTS": '{"p14-efa-1k-c1": {"consumer": "crash_after=3"}}'})
     assert crashed.returncode != 0
     doc = project.plan("phase14")
     doc["layers"][0]["patterns"][0]["prefix_cache"] = True  # p14-unified-1k-c1 now out of date
