@@ -50,6 +50,8 @@ from .plan import Pattern, Plan
 from .workflow import Phases
 
 DISAGG = ("tcp", "efa")
+AWS_SWITCH = {"executor": "ssm", "storage": "s3", "engine": "vllm"}
+"""What config/aws.yaml switches: local mode prices the plan as that run would go."""
 COMPONENTS = ("server_process_s", "client_start_s", "step_s", "teardown_s", "gap_s", "invocation_s")
 MAX_GAP_S = 900.0
 """A pause longer than this between two results is a different session, not a job launch."""
@@ -355,6 +357,8 @@ class PatternEstimate:
     planned: int
     trial: TrialTime
     aws_trial: TrialTime | None
+    aws_trials: int = 0
+    """Local mode: trials an AWS run would still need (local stand-in results never count there)."""
 
     @property
     def wall_s(self) -> float:
@@ -362,7 +366,7 @@ class PatternEstimate:
 
     @property
     def aws_wall_s(self) -> float:
-        return self.trials * self.aws_trial.total_s if self.aws_trial else 0.0
+        return self.aws_trials * self.aws_trial.total_s if self.aws_trial else 0.0
 
 
 @dataclass
@@ -389,14 +393,15 @@ class Estimate:
         """Per Snakemake run: its start-up and final markers, minus the gap already counted per trial."""
         fit = self.aws_fit if aws else self.fit
         assert fit is not None
-        return max(0.0, fit.values["invocation_s"] - fit.values["gap_s"]) if any(p.trials for p in self.patterns) else 0.0
+        todo = any(p.aws_trials if aws else p.trials for p in self.patterns)
+        return max(0.0, fit.values["invocation_s"] - fit.values["gap_s"]) if todo else 0.0
 
     def to_json(self) -> dict[str, Any]:
         def totals(rows: list[PatternEstimate], aws: bool) -> dict[str, Any]:
             wall = sum(p.aws_wall_s if aws else p.wall_s for p in rows)
-            return {"patterns_to_run": sum(1 for p in rows if p.trials), "patterns": len(rows),
-                    "trials_to_run": sum(p.trials for p in rows), "wall_s": round(wall, 3),
-                    **self.cost(wall, aws)}
+            trials = [p.aws_trials if aws else p.trials for p in rows]
+            return {"patterns_to_run": sum(1 for t in trials if t), "patterns": len(rows),
+                    "trials_to_run": sum(trials), "wall_s": round(wall, 3), **self.cost(wall, aws)}
 
         doc: dict[str, Any] = {
             "phase": self.phase, "executor": self.executor, "engine": self.engine, "instance_type": self.instance_type,
@@ -437,6 +442,7 @@ def estimate(plan: Plan, cfg: dict[str, Any], results: Path = Path("results"), w
     runs = snakemake_runs(workdir)
     fit = calibrate(cfg, obs, _group_key(engine, executor, infra["instance_type"]), runs)
     aws_fit = calibrate(cfg, obs, _group_key("vllm", "ssm", infra["instance_type"]), runs) if executor == "local" else None
+    aws_phases = Phases(plan.path.parent, {**cfg, **AWS_SWITCH}) if aws_fit is not None else None
     rows = []
     timing_source = aws_source = None
     for layer in plan.layers:
@@ -445,15 +451,16 @@ def estimate(plan: Plan, cfg: dict[str, Any], results: Path = Path("results"), w
             todo, planned = trials_to_run(phases, phase, pattern, results)
             timing = timing_for(cfg, engine, executor, pattern.spec)
             timing_source = timing.source
-            aws_trial = None
-            if aws_fit is not None:
+            aws_trial, aws_todo = None, 0
+            if aws_fit is not None and aws_phases is not None:
                 aws_timing = timing_for(cfg, "vllm", "ssm", pattern.spec)
                 aws_source = aws_timing.source
                 aws_trial = trial_time(aws_timing, pattern.spec, aws_fit)
-            rows.append(PatternEstimate(pid, layer.id, pattern.backend, todo, planned, trial_time(timing, pattern.spec, fit), aws_trial))
+                aws_todo = trials_to_run(aws_phases, phase, pattern, results)[0]
+            rows.append(PatternEstimate(pid, layer.id, pattern.backend, todo, planned, trial_time(timing, pattern.spec, fit), aws_trial, aws_todo))
     prices = cfg.get("estimate", {}).get("prices_usd_per_hour", {})
     price = prices.get(infra["instance_type"])
-    return Estimate(phase, plan.name, infra["instance_type"], executor, engine, cfg["sim"].get("time_scale") if engine == "sim" else None,
+    return Estimate(phase, plan.name, infra["instance_type"], executor, engine, float(cfg["sim"].get("time_scale", 1.0)) if engine == "sim" else None,
                     rows, [(lay.id, lay.name) for lay in plan.layers], fit, aws_fit, None if price is None else float(price),
                     2, timing_source or "", aws_source)
 
@@ -473,16 +480,18 @@ def markdown(est: Estimate) -> str:
              f"What runs: {what}. Instance type {est.instance_type}; a node pair ({est.nodes} instances) is leased per pattern.", ""]
     head = ["layer", "patterns to run", "trials to run", "est. wall time"]
     if local:
-        head += [f"on AWS ({est.instance_type}, vLLM): wall time", "on AWS: instance-hours", "on AWS: cost (USD)"]
+        head += [f"on AWS ({est.instance_type}, vLLM): patterns", "on AWS: wall time", "on AWS: instance-hours", "on AWS: cost (USD)"]
     else:
         head += ["instance-hours", "cost (USD)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def row(label: str, t: dict[str, Any], aws: dict[str, Any] | None) -> str:
-        cells = [label, f"{t['patterns_to_run']} of {t['patterns']}", str(t["trials_to_run"]), em.hms(t["wall_s"])]
+        counts = [f"{t['patterns_to_run']} of {t['patterns']}", str(t["trials_to_run"])] if "patterns" in t else ["-", "-"]
+        cells = [label, *counts, em.hms(t["wall_s"])]
         if local:
             assert aws is not None
-            cells += [em.hms(aws["wall_s"]), f"{aws['instance_hours']:.2f}", _money(est, aws["usd"])]
+            aws_counts = f"{aws['patterns_to_run']} of {aws['patterns']}" if "patterns" in aws else "-"
+            cells += [aws_counts, em.hms(aws["wall_s"]), f"{aws['instance_hours']:.2f}", _money(est, aws["usd"])]
         else:
             cells += [f"{t['instance_hours']:.2f}", _money(est, t["usd"])]
         return "| " + " | ".join(cells) + " |"
@@ -490,17 +499,18 @@ def markdown(est: Estimate) -> str:
     for lid, name in est.layers:
         lines.append(row(f"{lid} ({name})", doc["layers"][lid], doc.get("aws", {}).get(lid)))
     if est.once_s() > 0:
-        once = {"patterns_to_run": 0, "patterns": 0, "trials_to_run": 0, "wall_s": est.once_s(), **est.cost(est.once_s(), False)}
+        once = {"wall_s": est.once_s(), **est.cost(est.once_s(), False)}
         aws_once = None
         if local:
             aws_once = {"wall_s": est.once_s(True), **est.cost(est.once_s(True), True)}
-        lines.append(row("once per Snakemake run", once, aws_once).replace("| 0 of 0 | 0 |", "| - | - |"))
+        lines.append(row("once per Snakemake run", once, aws_once))
     lines.append(row("**total**", doc["total"], doc.get("aws", {}).get("total")))
-    lines += ["", "Calibration: " + est.fit.describe() + ".",
-              f"Engine timing: {est.timing_source}."]
+    speed = f" x {est.fit.k:.2f} (calibrated)" if est.engine != "sim" and est.fit.calibrated else ""
+    lines += ["", "Calibration: " + est.fit.describe() + ".", f"Engine timing: {est.timing_source}{speed}."]
     if est.aws_fit is not None:
         lines += ["On AWS (what this plan would take with `--configfile config/aws.yaml`): " + est.aws_fit.describe() + ".",
-                  f"AWS engine timing: {est.aws_timing_source or '-'} (a rough prior until calibrated)."]
+                  f"AWS engine timing: {est.aws_timing_source or '-'}"
+                  + (f" x {est.aws_fit.k:.2f} (calibrated)." if est.aws_fit.calibrated else " (a rough prior until calibrated).")]
     lines += ["Prices: `estimate.prices_usd_per_hour` in config/config.yaml (prefilled with on-demand us-east-1 list prices: "
               "check them before relying on them).",
               "Wall time is for one node pair; with `--resources node_pair=N` it is about N times shorter, instance-hours stay the same.",
@@ -520,7 +530,7 @@ def fingerprint(plan: Plan, cfg: dict[str, Any], phases: Phases, results: Path =
     for pid in plan.patterns:
         tasks.update("\n".join([*phases.task_digests(phase, pid), *phases.node_file_fingerprint(phase, pid), ""]).encode())
     finished = hashlib.sha256()
-    files = result_files(results)
+    files = sorted(results.glob("phase*/runs/*.json")) + sorted(results.glob("phase*/trials/*/*.json"))
     for f in files:
         finished.update(f"{f}={sha256_file(f)}\n".encode())
     return [f"plan={sha256_file(plan.path)}", f"config={hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()}",
