@@ -172,7 +172,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     text = markdown(est)
     if args.output:
         atomic_write_bytes(Path(args.output), text.encode())
-    print(json.dumps(est.to_json(), indent=2, sort_keys=True) if args.json else text, end="" if not args.json else "\n")
+    if args.json:
+        print(json.dumps(est.to_json(), indent=2, sort_keys=True))
+    else:
+        print(text, end="")
     return 0
 
 
