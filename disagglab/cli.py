@@ -176,6 +176,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from .config import merged_config
+    from .estimate import estimate, markdown
+
+    cfg = merged_config(args.configfile) if args.configfile else current_config()
+    plan = _phases().plan(args.phase)
+    est = estimate(plan, cfg)
+    text = markdown(est)
+    if args.output:
+        atomic_write_bytes(Path(args.output), text.encode())
+    if args.json:
+        print(json.dumps(est.to_json(), indent=2, sort_keys=True))
+    else:
+        print(text, end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="disagglab", description="Control side of the disaggregated-inference experiment pipeline.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -237,6 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--configfile", nargs="+", help="the config file(s) you run Snakemake with (e.g. config/aws.yaml)")
     p.set_defaults(func=cmd_status)
+    p = sub.add_parser("estimate", help="patterns still to run, their estimated wall time and cost (also results/<phase>/plan.md)")
+    p.add_argument("phase", help="e.g. phase15")
+    p.add_argument("--output", help="also write the table here (atomically), e.g. results/phase15/plan.md")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--configfile", nargs="+", help="config file(s) merged over config/config.yaml, as you run Snakemake with")
+    p.set_defaults(func=cmd_estimate)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

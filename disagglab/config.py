@@ -60,6 +60,27 @@ def current_config() -> dict[str, Any]:
     return load_config_file()
 
 
+def merged_config(configfiles: list[str]) -> dict[str, Any]:
+    """config/config.yaml with each file merged over it, key by key, as Snakemake's --configfile does."""
+
+    def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        out = dict(a)
+        for key, value in b.items():
+            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        return out
+
+    cfg = yaml.safe_load((CONFIG_DIR / "config.yaml").read_text())
+    for name in configfiles:
+        try:
+            extra = yaml.safe_load(Path(name).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError([Problem(name, "", f"cannot read config file: {exc}")]) from None
+        if not isinstance(extra, dict):
+            raise ConfigError([Problem(name, "", "expected a mapping at the top level")])
+        cfg = merge(cfg, extra)
+    return validate_config(cfg, " + ".join(["config/config.yaml", *configfiles]))
+
+
 def sim_profile(cfg: dict[str, Any], model: str) -> dict[str, Any]:
     """The stand-in's timing profile for a model: the default profile overlaid by the model's."""
     profiles = cfg["sim"]["profiles"]
