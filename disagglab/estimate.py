@@ -87,11 +87,11 @@ def _up_to_date(path: Path, phases: Phases, phase: str, pattern: Pattern) -> boo
 def trials_to_run(phases: Phases, phase: str, pattern: Pattern, results: Path) -> tuple[int, int]:
     """(trials still to run, trials planned) for one pattern."""
     repeats = int(getattr(pattern, "repeats", 1) or 1)
-    if _up_to_date(results / phase / "runs" / f"{pattern.id}.json", phases, phase, pattern):
-        return 0, repeats
     trial_dir = results / phase / "trials" / pattern.id
-    done = sum(1 for t in sorted(trial_dir.glob("*.json")) if _up_to_date(t, phases, phase, pattern)) if trial_dir.is_dir() else 0
-    return max(0, repeats - done), repeats
+    if not trial_dir.is_dir():  # a result from before trials existed counts as its one trial
+        return (0 if _up_to_date(results / phase / "runs" / f"{pattern.id}.json", phases, phase, pattern) else 1) * repeats, repeats
+    done = sum(1 for k in range(1, repeats + 1) if _up_to_date(trial_dir / f"{k}.json", phases, phase, pattern))
+    return repeats - done, repeats
 
 
 # ------------------------------------------------------------------------- timing per pattern
@@ -244,11 +244,11 @@ def result_files(results: Path) -> list[Path]:
     """Every finished trial: a pattern's trial files when it has them, else its result."""
     files = []
     for run in sorted(results.glob("phase*/runs/*.json")):
-        trials = sorted((run.parent.parent / "trials" / run.stem).glob("*.json"))
+        trials = sorted((run.parent.parent / "trials" / run.stem).glob("[0-9]*.json"))
         files.extend(trials or [run])
     for trial_dir in sorted(results.glob("phase*/trials/*")):
         if not (trial_dir.parent.parent / "runs" / f"{trial_dir.name}.json").exists():
-            files.extend(sorted(trial_dir.glob("*.json")))
+            files.extend(sorted(trial_dir.glob("[0-9]*.json")))
     return files
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -137,15 +136,15 @@ def test_estimate_predicts_a_real_run_and_follows_results_and_prices(tmp_path: P
     project.write_plan("phase15", plan)
     assert estimate_json(project)["layers"]["L2"]["patterns_to_run"] == 1
 
-    # trials: a pattern measured in 3 trials with one up-to-date trial left has 2 to run
+    # trials: a finished pattern holds its up-to-date trial 1; with repeats 3 it has 2 left
     results = project.root / "results"
     phases = Phases(project.root / "plans", load_config_file(cfg))
     pid = "p15-l2-tcp-10k-c8"
-    trial = results / "phase15/trials" / pid / "1.json"
-    trial.parent.mkdir(parents=True)
-    shutil.move(results / "phase15/runs" / f"{pid}.json", trial)
+    assert (results / "phase15/trials" / pid / "1.json").exists()
+    assert trials_to_run(phases, "phase15", SimpleNamespace(id=pid, repeats=1), results) == (0, 1)
     assert trials_to_run(phases, "phase15", SimpleNamespace(id=pid, repeats=3), results) == (2, 3)
-    assert trials_to_run(phases, "phase15", SimpleNamespace(id="p15-l2-efa-10k-c8", repeats=3), results) == (0, 3)
+    edited = "p15-l2-unified-10k-c8"  # its concurrency changed above: its trial is stale
+    assert trials_to_run(phases, "phase15", SimpleNamespace(id=edited, repeats=3), results) == (3, 3)
 
 
 def test_aws_estimate_counts_instance_hours_and_dollars(tmp_path: Path) -> None:
