@@ -172,6 +172,7 @@ def open_executor(cfg: dict[str, Any]) -> Executor:
             aws.client("ssm", cfg, mode="adaptive" if len(pairs) > 1 else None), storage, ssm_cfg["node_root"],
             execution_timeout_s=ssm_cfg["execution_timeout_s"], delivery_timeout_s=ssm_cfg["delivery_timeout_s"],
             invocation_grace_s=ssm_cfg["invocation_grace_s"], region=cfg["aws"].get("region"),
+            poll_initial_s=ssm_cfg.get("poll_initial_s", 0.5), poll_max_s=ssm_cfg.get("poll_max_s", 5.0),
         )
         return Executor(transport, storage, cfg, pairs)
     raise ValueError(f"executor {cfg['executor']!r} is not available")

@@ -3,6 +3,10 @@
 What bites, and what we do about it (see shared/reference/aws-ssm-s3-moto.md):
 - the agent runs `sh -c script`: the script is bash, explicitly, every value shlex-quoted;
 - exit 137 is reported as TimedOut and 194 reboots the node: our scripts exit 0/1/3 only;
+  so TimedOut + 137 is either the execution timeout or a SIGKILL from outside (the OOM
+  killer): the invocation's ExecutionElapsedTime (else our own clock) tells them apart;
+- a step process killed by a signal when no shell stands between it and the agent ends
+  Failed with ResponseCode -1 (the agent's Go code reads -1 for a signalled process);
 - an invocation may not exist for a while after send_command: bounded grace, then error;
 - inline output stops at 24,000 bytes: the full stdout comes from the S3 output prefix;
 - a background child holding the agent's pipes keeps the command InProgress: the runner
@@ -13,6 +17,7 @@ Nothing secret goes into the command text: it holds keys, hashes, paths and port
 
 from __future__ import annotations
 
+import re
 import shlex
 import time
 from collections.abc import Callable
@@ -28,6 +33,27 @@ TERMINAL = {"Success", "Failed", "Cancelled", "TimedOut"}
 # botocore already retried these; the poll loop keeps going (with its own backoff) until its deadline.
 THROTTLING = {"Throttling", "ThrottlingException", "ThrottledException", "RequestLimitExceeded", "TooManyRequestsException", "RequestThrottled"}
 BOOTSTRAP_EXIT = 3
+ELAPSED = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:([\d.]+)S)?)?$")
+
+
+def elapsed_seconds(value: Any) -> float | None:
+    """ExecutionElapsedTime is an ISO 8601 duration ("PT0.083S", "PT1M2.5S"); None if absent."""
+    m = ELAPSED.match(str(value or ""))
+    if not m or not any(m.groups()):
+        return None
+    d, h, mi, sec = (float(g) if g else 0.0 for g in m.groups())
+    return ((d * 24 + h) * 60 + mi) * 60 + sec
+
+
+def api_error(op: str, exc: Exception) -> str:
+    """One line for a failed SSM API call: throttling says how many attempts botocore made."""
+    resp = getattr(exc, "response", None) or {}
+    code = resp.get("Error", {}).get("Code") or type(exc).__name__
+    msg = resp.get("Error", {}).get("Message") or str(exc)
+    attempts = int(resp.get("ResponseMetadata", {}).get("RetryAttempts", 0)) + 1
+    if code in THROTTLING:
+        return f"SSM throttled: {code} on {op} after {attempts} attempts ({msg})"
+    return f"SSM {op} failed: {code}: {msg}" + (f" (after {attempts} attempts)" if attempts > 1 else "")
 
 
 @dataclass
@@ -73,18 +99,27 @@ def build_script(node_dir: str, boot: Bootstrap, args: list[str], region: str | 
     return "\n".join(lines) + "\n"
 
 
-def describe_failure(node: Node, instance_id: str, inv: dict[str, Any], execution_timeout: int, delivery_timeout: int) -> str:
+def describe_failure(node: Node, instance_id: str, inv: dict[str, Any], execution_timeout: int, delivery_timeout: int,
+                     elapsed_s: float | None = None) -> str:
+    """The cause of a terminal status, in words. `elapsed_s` is how long the step ran, from the
+    invocation's ExecutionElapsedTime or, when that is absent, an upper bound from our clock."""
     status, details, code = inv.get("Status"), inv.get("StatusDetails", ""), inv.get("ResponseCode")
     where = f"{node.name} ({instance_id})"
+    ran = f" after {elapsed_s:.1f} s" if elapsed_s is not None else ""
     if status == "TimedOut":
         if "Delivery" in details or code == -1:
             return f"SSM could not deliver the command to {where} within {delivery_timeout} s (is the agent online?)"
-        return f"the step ran longer than executionTimeout {execution_timeout} s on {where} and was killed (exit 137)"
+        if elapsed_s is not None and elapsed_s < execution_timeout - 1:
+            return (f"exit 137 (killed by SIGKILL: out of memory?) on {where}{ran}, well before its "
+                    f"{execution_timeout} s execution timeout")
+        return f"execution timed out after {execution_timeout} s on {where}: the step ran past its executionTimeout and SSM killed it (exit 137)"
     if status == "Cancelled":
         return f"the command on {where} was cancelled"
     if status == "Failed":
         if code == 137:
             return f"the step on {where} was killed (exit 137: SIGKILL, out of memory, or the agent stopping)"
+        if code == -1 and details not in ("Undeliverable", "Terminated"):
+            return f"the step's process on {where} was killed by a signal{ran} (no exit status, ResponseCode -1: SIGKILL, out of memory?)"
         if code == BOOTSTRAP_EXIT:
             return f"bootstrap failed on {where}"
         if details in ("Undeliverable", "Terminated"):
@@ -121,11 +156,14 @@ class SsmTransport:
         iid = node.instance_id
         if iid in self.online:
             return
-        resp = self.ssm.describe_instance_information(Filters=[{"Key": "InstanceIds", "Values": [iid]}])
+        try:
+            resp = self.ssm.describe_instance_information(Filters=[{"Key": "InstanceIds", "Values": [iid]}])
+        except Exception as exc:  # noqa: BLE001 - generated botocore error classes
+            raise RuntimeError(f"{node.name} ({iid}): {api_error('DescribeInstanceInformation', exc)}") from None
         info = resp.get("InstanceInformationList", [])
         status = info[0].get("PingStatus") if info else None
         if status != "Online":
-            why = "is not registered with SSM (agent not running, or no instance profile)" if not info else f"has PingStatus {status}"
+            why = "is not registered with SSM (agent not running, or no instance profile)" if not info else f"is not online (PingStatus {status})"
             raise RuntimeError(f"{node.name} ({iid}) {why}; check `aws ssm describe-instance-information`")
         self.online.add(iid)
 
@@ -147,21 +185,28 @@ class SsmTransport:
         execution_timeout = max(60, min(self.execution_timeout_s, 172800, int(timeout_s)))
         script = build_script(self.node_dir(node, phase), boot, args, self.region)
         assert isinstance(self.storage, S3Storage)
-        resp = self.ssm.send_command(
-            InstanceIds=[iid],
-            DocumentName="AWS-RunShellScript",
-            Comment=f"disagglab {phase} {args[0]}"[:100],
-            Parameters={"commands": [script], "executionTimeout": [str(execution_timeout)]},
-            TimeoutSeconds=max(30, self.delivery_timeout_s),
-            OutputS3BucketName=self.storage.bucket,
-            OutputS3KeyPrefix=self._output_prefix(),
-        )
+        sent_at = self.clock()
+        try:
+            resp = self.ssm.send_command(
+                InstanceIds=[iid],
+                DocumentName="AWS-RunShellScript",
+                Comment=f"disagglab {phase} {args[0]}"[:100],
+                Parameters={"commands": [script], "executionTimeout": [str(execution_timeout)]},
+                TimeoutSeconds=max(30, self.delivery_timeout_s),
+                OutputS3BucketName=self.storage.bucket,
+                OutputS3KeyPrefix=self._output_prefix(),
+            )
+        except Exception as exc:  # noqa: BLE001 - botocore already retried; the step never reached the node
+            return StepOutcome(node.name, args[0], False, None, {"cause": f"{api_error('SendCommand', exc)}; {args[0]} on {node.name} ({iid}) was not sent"})
         command_id = resp["Command"]["CommandId"]
         self.sent.append(command_id)
         try:
             inv = self._wait(command_id, iid, execution_timeout)
-        except BaseException:
+        except BaseException as exc:
             self._cancel(command_id, iid)
+            if isinstance(exc, Exception):  # API errors: a failed step; interrupts unwind
+                return StepOutcome(node.name, args[0], False, None, {"cause": f"{exc}; command cancelled",
+                                                                     "ssm": {"command_id": command_id, "instance_id": iid}})
             raise
         if inv is None:
             self._cancel(command_id, iid)
@@ -171,8 +216,10 @@ class SsmTransport:
         outcome = parse_runner_output(node.name, args[0], code if inv["Status"] != "Success" else 0, stdout)
         if inv["Status"] != "Success":
             outcome.ok = False
-            if not outcome.report.get("cause") or code == 137 or inv["Status"] in ("TimedOut", "Cancelled"):
-                outcome.report["cause"] = describe_failure(node, iid, inv, execution_timeout, self.delivery_timeout_s) + (
+            if not outcome.report.get("cause") or code in (137, -1) or inv["Status"] in ("TimedOut", "Cancelled"):
+                elapsed = elapsed_seconds(inv.get("ExecutionElapsedTime"))
+                elapsed = self.clock() - sent_at if elapsed is None else elapsed
+                outcome.report["cause"] = describe_failure(node, iid, inv, execution_timeout, self.delivery_timeout_s, elapsed) + (
                     f": {outcome.report['cause']}" if outcome.report.get("cause") else "")
             stderr = inv.get("StandardErrorContent", "")
             if stderr and not outcome.report.get("log_tail"):
@@ -192,7 +239,7 @@ class SsmTransport:
                 if code in THROTTLING:
                     delay = self.poll_max_s
                 elif code != "InvocationDoesNotExist":
-                    raise
+                    raise RuntimeError(f"{api_error('GetCommandInvocation', exc)} (command {command_id} on {iid})") from None
                 elif self.clock() - start > self.invocation_grace_s:
                     raise RuntimeError(f"SSM has no invocation of command {command_id} on {iid} after {self.invocation_grace_s:g} s") from None
             else:
