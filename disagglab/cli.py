@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from .config import current_config
@@ -41,14 +42,25 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from .deploy import deploy_pattern
+    from .deploy import DeployFailed, deploy_failure_record, deploy_pattern
     from .nodefiles import files_for_pattern, node_file_digests
+    from .results import write_failure
     from .storage import open_storage
 
     phases = _phases()
     pattern = phases.pattern(args.phase, args.pattern)
     node_files = sorted(files_for_pattern(pattern, phases.cfg["engine"], node_file_digests()))
-    deploy_pattern(args.phase, args.pattern, node_files, [Path(t) for t in args.tasks], open_storage(phases.cfg), Path(args.output))
+    failure = Path(args.output).parent.parent / "failures" / f"{args.pattern}.json"
+    started = time.time()
+    try:
+        deploy_pattern(args.phase, args.pattern, node_files, [Path(t) for t in args.tasks], open_storage(phases.cfg), Path(args.output))
+    except DeployFailed as exc:  # the store failed mid-deploy: no marker, a failure record, one clear line
+        record = deploy_failure_record(args.phase, pattern.layer, args.pattern, phases.cfg["engine"], exc, started)
+        write_failure(failure, record)
+        print(record["message"], file=sys.stderr)
+        return 1
+    if failure.exists() and json.loads(failure.read_text()).get("step") == "deploy":
+        failure.unlink()  # the deploy that failed last time went through
     return 0
 
 
@@ -70,7 +82,13 @@ def cmd_run_pattern(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     run = PatternRun(plan, plan.pattern(args.pattern), args.phase, cfg, executor, output.parents[2], trial=args.trial)
-    written = run.run()
+    try:
+        written = run.run()
+    except KeyboardInterrupt:  # stopped cleanly, failure record written: leave Snakemake no incomplete marker
+        from .snakestate import withdraw_incomplete_marker
+
+        withdraw_incomplete_marker(output)
+        raise
     if written.resolve() != output.resolve():
         print(f"result written to {written}, expected {output}", file=sys.stderr)
         return 1

@@ -82,6 +82,7 @@ class S3Storage:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.region = region
+        self.max_attempts = max_attempts
         config = Config(retries={"mode": "standard", "total_max_attempts": max_attempts}, signature_version="s3v4")
         self.client = boto3.client("s3", region_name=region, config=config)
         query = f"?region={region}" if region else ""
@@ -92,6 +93,10 @@ class S3Storage:
             raise ValueError(f"invalid store key {key!r}")
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    @property
+    def endpoint(self) -> str:
+        return str(self.client.meta.endpoint_url)
+
     def _head(self, key: str) -> dict[str, Any] | None:
         from botocore.exceptions import ClientError
 
@@ -101,20 +106,21 @@ class S3Storage:
             code = exc.response.get("Error", {}).get("Code")
             if code in ("404", "NoSuchKey", "403"):
                 return None
-            raise self._explain(exc) from None
+            raise self._explain(exc, "HeadObject", key) from None
+        except Exception as exc:  # noqa: BLE001 - connection refused/reset, timeouts (botocore retried them)
+            raise self._explain(exc, "HeadObject", key) from None
 
     def put_file(self, src: Path, key: str) -> PutResult:
-        from botocore.exceptions import ClientError
-
         data = Path(src).read_bytes()
         digest = sha256_bytes(data)
         head = self._head(key)
         if head and head.get("Metadata", {}).get("sha256") == digest and head.get("ContentLength") == len(data):
             return PutResult(key, digest, len(data), uploaded=False)
         try:
+            # One PUT: S3 stores all of it or nothing, and the sha256 rides with the bytes.
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, Metadata={"sha256": digest})
-        except ClientError as exc:
-            raise self._explain(exc) from None
+        except Exception as exc:  # noqa: BLE001 - ClientError, or a connection error after botocore's retries
+            raise self._explain(exc, "PutObject", key) from None
         return PutResult(key, digest, len(data), uploaded=True)
 
     def get_file(self, key: str, dest: Path) -> str:
@@ -122,27 +128,42 @@ class S3Storage:
 
         try:
             obj = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            data = obj["Body"].read()
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise FileNotFoundError(f"{self.url} has no object {key!r}") from None
-            raise self._explain(exc) from None
-        data = obj["Body"].read()
+            raise self._explain(exc, "GetObject", key) from None
+        except Exception as exc:  # noqa: BLE001 - connection refused/reset, timeouts
+            raise self._explain(exc, "GetObject", key) from None
         atomic_write_bytes(Path(dest), data)
         return sha256_bytes(data)
 
     def exists(self, key: str) -> bool:
         return self._head(key) is not None
 
-    def _explain(self, exc: Exception) -> StorageError:
-        """Say what is wrong: a missing bucket often surfaces as AccessDenied on object calls."""
+    def _explain(self, exc: Exception, op: str = "", key: str = "") -> StorageError:
+        """Say what failed, where, and why: the operation, the object, the endpoint, botocore's
+        attempts and the last error. A missing bucket often surfaces as AccessDenied on object calls."""
         from botocore.exceptions import ClientError
 
-        try:
-            self.client.head_bucket(Bucket=self.bucket)
-        except ClientError as head_exc:
-            if head_exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket"):
-                return StorageError(f"S3 bucket {self.bucket!r} does not exist (set SCRIPTS_BUCKET or s3.bucket to an existing bucket)")
-        return _explain(exc, self.bucket)
+        if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in ("AccessDenied", "403", "NoSuchBucket"):
+            try:
+                self.client.head_bucket(Bucket=self.bucket)
+            except ClientError as head_exc:
+                if head_exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket"):
+                    return StorageError(f"S3 bucket {self.bucket!r} does not exist (set SCRIPTS_BUCKET or s3.bucket to an existing bucket)")
+            except Exception:  # noqa: BLE001, S110 - the original error is the one to report
+                pass
+        err = _explain(exc, self.bucket)
+        info = getattr(exc, "response", {}).get("Error", {})
+        if not op or info.get("Code") == "NoSuchBucket":
+            return err
+        code, msg = info.get("Code") or type(exc).__name__, info.get("Message") or str(exc)
+        meta = getattr(exc, "response", {}).get("ResponseMetadata", {})
+        attempts = int(meta["RetryAttempts"]) + 1 if "RetryAttempts" in meta else self.max_attempts
+        http = f" (HTTP {meta['HTTPStatusCode']})" if meta.get("HTTPStatusCode") else ""
+        return StorageError(f"S3 {op} s3://{self.bucket}/{self._key(key)} at {self.endpoint} failed after {attempts} attempts"
+                            f"{http}: {code}: {msg}")
 
 
 class StorageError(RuntimeError):
@@ -151,7 +172,7 @@ class StorageError(RuntimeError):
 
 def _explain(exc: Exception, bucket: str) -> StorageError:
     err = getattr(exc, "response", {}).get("Error", {})
-    code, msg = err.get("Code", type(exc).__name__), err.get("Message", str(exc))
+    code, msg = err.get("Code") or type(exc).__name__, err.get("Message") or str(exc)
     if code == "NoSuchBucket":
         return StorageError(f"S3 bucket {bucket!r} does not exist (set SCRIPTS_BUCKET or s3.bucket to an existing bucket)")
     return StorageError(f"S3 bucket {bucket!r}: {code}: {msg}")
