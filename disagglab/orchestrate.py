@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +63,13 @@ class PatternRun:
     """The step and node in progress, so an interrupt can say what it cut short."""
     preflight: dict[str, Any] | None = None
     """The NIXL preflight marker of the pair (tcp/efa patterns), copied into the result."""
+    lines: list[str] = field(default_factory=list)
+    """This run's own log lines: the failure record's tail when the step left no output."""
 
     def log(self, msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {self.pattern.id} trial {self.trial}: {msg}", file=sys.stderr, flush=True)
+        line = f"[{time.strftime('%H:%M:%S')}] {self.pattern.id} trial {self.trial}: {msg}"
+        self.lines.append(line)
+        print(line, file=sys.stderr, flush=True)
 
     @property
     def logs_dir(self) -> Path:
@@ -196,6 +200,7 @@ class PatternRun:
         if error is not None:
             self.current = interrupted_at
             record = failure_record(self, error, started, finished, run_id, collected)
+            record["log_tail"] = record["log_tail"] or self.lines[-20:]  # e.g. a command that never reached the node
             write_failure(failure_path, record)
             self.log(f"FAILED: {record['message']}")
             if isinstance(error, Interrupted):

@@ -22,7 +22,9 @@ except InputError as exc:
 os.environ[ENV_VAR] = json.dumps(config, sort_keys=True)
 PYTHON = sys.executable
 BASEDIR = workflow.basedir
-RUN = f"PYTHONPATH={shlex.quote(BASEDIR)} {shlex.quote(PYTHON)} -m disagglab"
+# `exec`: the job's shell becomes the Python process, so a SIGTERM to the group reaches the code
+# that stops the servers, and Snakemake waits for it (bash would die at once, orphaning it).
+RUN = f"exec env PYTHONPATH={shlex.quote(BASEDIR)} {shlex.quote(PYTHON)} -m disagglab"
 PHASES = Phases(PLANS_DIR, config)
 
 # Test-only fault injection (disagglab/faults.py): a wrong DISAGGLAB_FAULTS stops the run before any job.
