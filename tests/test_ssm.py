@@ -4,8 +4,6 @@ fake agent that runs each sent script for real under sh/bash, and SeaweedFS as S
 from __future__ import annotations
 
 import json
-import logging
-import os
 import shlex
 import sys
 import uuid
@@ -13,8 +11,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
-from moto.ssm.responses import SimpleSystemManagerResponse
+from moto_ssm import ONLINE, REGION, moto_server, node_env
 
 from disagglab import aws
 from disagglab.config import load_config_file
@@ -28,48 +25,11 @@ from disagglab.transport import Node
 from conftest import ROOT, Project, alive_groups, ledger_entries, make_project
 from fake_ssm_agent import FakeAgent
 
-REGION = "us-east-1"
-# PingStatus per instance id, served by the describe_instance_information moto lacks.
-ONLINE: dict[str, str] = {}
-
-
-def _describe_instance_information(self):  # patched into moto's in-process SSM responses
-    from moto.core.responses import ActionResult
-
-    wanted = []
-    for f in self._get_param("Filters") or []:
-        if f["Key"] == "InstanceIds":
-            wanted.extend(f["Values"])
-    return ActionResult({"InstanceInformationList": [{"InstanceId": i, "PingStatus": ONLINE[i]} for i in wanted if i in ONLINE]})
-
-
-def _pending_invocation(original):
-    """moto makes every invocation Success at once; a real one starts Pending until the agent acts."""
-
-    def invocation_response(self, instance_id, plugin_name):
-        inv = original(self, instance_id, plugin_name)
-        inv.update(Status="Pending", StatusDetails="Pending", ResponseCode=-1)
-        return inv
-
-    return invocation_response
-
 
 @pytest.fixture(scope="module")
 def moto_endpoint():
-    from moto.ssm.models import Command
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    SimpleSystemManagerResponse.describe_instance_information = _describe_instance_information
-    original = Command.invocation_response
-    Command.invocation_response = _pending_invocation(original)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-        Command.invocation_response = original
+    with moto_server() as url:
+        yield url
 
 
 @pytest.fixture
@@ -83,12 +43,6 @@ def aws_env(moto_endpoint, seaweed, monkeypatch):
     for var in aws.SEED_VARS:
         monkeypatch.delenv(var, raising=False)
     return {**seaweed.env(), "AWS_ENDPOINT_URL": moto_endpoint, "AWS_ENDPOINT_URL_S3": seaweed.endpoint, "AWS_DEFAULT_REGION": REGION}
-
-
-def node_env(aws_env: dict[str, str]) -> dict[str, str]:
-    """What a node's agent process has: instance credentials, S3 endpoint, no AWS CLI on PATH."""
-    return {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"),
-            **{k: v for k, v in aws_env.items() if k != "AWS_ENDPOINT_URL"}, "AWS_ENDPOINT_URL": aws_env["AWS_ENDPOINT_URL_S3"]}
 
 
 @pytest.fixture
@@ -190,8 +144,9 @@ def test_missing_invocation_is_retried_within_the_grace_then_an_error(aws_env, s
         assert t.run_step(node, "phase1", args, 300).ok
     t2 = transport(storage, tmp_path, invocation_grace_s=0.5)
     t2.prepare(node, "phase1", storage, key, sha, sys.executable)
-    with FakeAgent(REGION, storage.client, node_env(aws_env), mode="hide:3.0"), pytest.raises(RuntimeError, match="has no invocation"):
-        t2.run_step(node, "phase1", args, 300)
+    with FakeAgent(REGION, storage.client, node_env(aws_env), mode="hide:3.0"):
+        outcome = t2.run_step(node, "phase1", args, 300)
+    assert not outcome.ok and "has no invocation" in outcome.cause and "command cancelled" in outcome.cause
 
 
 def test_truncated_output_is_read_in_full_from_s3(aws_env, storage, tmp_path) -> None:
@@ -232,7 +187,7 @@ def test_node_not_online_is_refused_before_any_command(aws_env, storage, tmp_pat
     with pytest.raises(RuntimeError, match="node2 \\(i-0123456789abcdef0\\) is not registered with SSM"):
         t.prepare(unknown, "phase1", storage, "k", "0" * 64, sys.executable)
     ONLINE["i-0fedcba9876543210"] = "ConnectionLost"
-    with pytest.raises(RuntimeError, match="PingStatus ConnectionLost"):
+    with pytest.raises(RuntimeError, match=r"node1 \(i-0fedcba9876543210\) is not online \(PingStatus ConnectionLost\)"):
         t.prepare(Node("node1", "127.0.0.1", "i-0fedcba9876543210"), "phase1", storage, "k", "0" * 64, sys.executable)
     assert t.sent == []
 
