@@ -85,8 +85,9 @@ def command_target(script: str) -> tuple[str, str, str]:
     pattern = opts.get("--pattern", "")
     if not pattern and "--task" in opts:
         pattern = opts["--task"].split("/")[1]
-    if not pattern and "--manifest-key" in opts:
-        pattern = Path(opts["--manifest-key"]).stem
+    if not pattern and "--manifest-key" in opts:  # <phase>/manifests/<pattern>/trial-<k>.json
+        parts = opts["--manifest-key"].split("/")
+        pattern = parts[parts.index("manifests") + 1] if "manifests" in parts[:-1] else ""
     node = node_dir_of(script).parent.name if "--node-dir" in opts else ""
     return step, pattern, node
 

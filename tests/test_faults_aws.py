@@ -60,6 +60,10 @@ def edit_config(proj: Project, *pairs: tuple[str, str]) -> None:
     cfg.write_text(text)
 
 
+NO_PREFLIGHT = ("preflight:\n  enabled: true\n", "preflight:\n  enabled: false\n")
+"""The NIXL preflight (its own issue and tests) would add two real NIXL steps per pair and backend."""
+
+
 def write_layer(proj: Project, patterns: list[str]) -> None:
     plan = proj.plan("phase14")
     plan["infrastructure"]["venv_path"] = str(Path(sys.executable).parent.parent)
@@ -106,7 +110,7 @@ class SsmLab:
 
         ports = free_ports("127.0.0.1", 5)
         edit_config(
-            self.proj,
+            self.proj, NO_PREFLIGHT,
             ("executor: local\n", "executor: ssm\n"), ("storage: local\n", "storage: s3\n"),
             ("  max_attempts: 5\n", f"  max_attempts: {MAX_ATTEMPTS}\n"),  # s3
             ("  max_attempts: 8\n", f"  max_attempts: {MAX_ATTEMPTS}\n"),  # ssm, ec2
@@ -171,7 +175,7 @@ class OfflineWatch:
     def _watch(self) -> None:
         results = self.lab.proj.root / "results/phase14"
         while not self.stop.is_set():
-            if not self.flipped and (results / f"logs/{OFFLINE}/run.log").exists():
+            if not self.flipped and (results / f"logs/{OFFLINE}/trial-1/run.log").exists():
                 ONLINE[self.lab.ids[0][0]] = "ConnectionLost"
                 self.flipped = True
             if self.flipped and (results / f"failures/{OFFLINE}.json").exists():
@@ -243,7 +247,7 @@ def test_each_ssm_fault_is_a_failure_record_and_its_servers_are_stopped(ssm_run,
 def test_the_next_run_retries_exactly_the_failed_patterns(ssm_run) -> None:
     lab = ssm_run["lab"]
     jobs = lab.proj.dry_run_jobs("results/phase14/L0.done")
-    assert sorted(j["pattern"] for j in jobs["run_pattern"]) == sorted(SSM_FAILED)
+    assert sorted(j["pattern"] for j in jobs["run_trial"]) == sorted(SSM_FAILED)
     assert "deploy_pattern" not in jobs  # every deploy went through; its marker stands
 
 
@@ -360,7 +364,7 @@ def split_weed():
 
 def test_s3_stopped_mid_deploy_fails_only_that_pattern_and_the_rerun_completes(split_weed, tmp_path) -> None:
     proj = make_project(tmp_path / "proj")
-    edit_config(proj, ("storage: local\n", "storage: s3\n"), ("  max_attempts: 5\n", f"  max_attempts: {MAX_ATTEMPTS}\n"))
+    edit_config(proj, NO_PREFLIGHT, ("storage: local\n", "storage: s3\n"), ("  max_attempts: 5\n", f"  max_attempts: {MAX_ATTEMPTS}\n"))
     write_layer(proj, S3_OK + S3_FAULTED)
     bucket = split_weed.create_bucket(f"deploy-{uuid.uuid4().hex[:8]}")
     env = {**split_weed.env(), "SCRIPTS_BUCKET": bucket, "AWS_DEFAULT_REGION": REGION}
@@ -391,7 +395,7 @@ def test_s3_stopped_mid_deploy_fails_only_that_pattern_and_the_rerun_completes(s
     split_weed.start()  # SeaweedFS is back
     jobs = proj.dry_run_jobs("results/phase14/L0.done")
     assert sorted(j["pattern"] for j in jobs["deploy_pattern"]) == sorted(S3_FAULTED)
-    assert sorted(j["pattern"] for j in jobs["run_pattern"]) == sorted(S3_FAULTED)
+    assert sorted(j["pattern"] for j in jobs["run_trial"]) == sorted(S3_FAULTED)
     out = proj.snakemake("results/phase14/L0.done", env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     for pattern in S3_FAULTED:
