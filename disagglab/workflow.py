@@ -136,7 +136,8 @@ def quarantine_corrupt_results(results_root: Path = Path("results")) -> list[str
     missing keys) would count as finished forever. Moving it aside (kept as evidence, never
     deleted) makes it missing, so the next run rebuilds exactly that: a damaged result is
     folded again from its trials (nothing is measured again when they are intact), a damaged
-    trial is measured again. Status and the report say "corrupt", with the file and the
+    trial is measured again when its result has to be folded again (an intact result already
+    holds its numbers). Status and the report say "corrupt", with the file and the
     reason, until the result is rebuilt. Runs before the sweeps: sweep_deleted_results must
     not take a result moved here for one the user deleted.
     """

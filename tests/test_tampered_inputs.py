@@ -71,10 +71,11 @@ def test_status_names_each_corrupt_file_and_why(damaged: Project) -> None:
         assert states[pid]["state"] == "corrupt", states[pid]
         assert f"results/phase14/runs/{pid}.json" in states[pid]["detail"] and reason in states[pid]["detail"]
     assert states[INTACT]["state"] == "done" and states[INTACT]["metrics"]["completed"] == 8
-    # the damaged trial was moved aside: Snakemake will measure it again, so the result is out of date
-    assert states[BAD_TRIAL]["state"] == "out-of-date", states[BAD_TRIAL]
+    # the damaged trial is moved aside; the result folded from it is intact, so the pattern stays done
+    assert states[BAD_TRIAL]["state"] == "done", states[BAD_TRIAL]
     assert (damaged.root / f"results/phase14/corrupt/trials/{BAD_TRIAL}/1.json").exists()
-    assert damaged.cli("status", "phase14").splitlines()[0] == "phase14: 1 done, 1 out-of-date, 4 corrupt"
+    assert not (damaged.root / f"results/phase14/trials/{BAD_TRIAL}/1.json").exists()
+    assert damaged.cli("status", "phase14").splitlines()[0] == "phase14: 2 done, 4 corrupt"
 
 
 def test_summary_report_and_mlflow_skip_corrupt_files_and_cover_the_rest(damaged: Project) -> None:
@@ -108,16 +109,16 @@ def test_compare_skips_corrupt_files(damaged: Project) -> None:
         assert f"results/phase14/runs/{pid}.json: corrupt ({reason}" in out.stdout
 
 
-def test_a_corrupt_file_is_not_done_so_the_next_run_builds_exactly_it_again(damaged: Project) -> None:
-    """A damaged result is folded again from its intact trial (nothing measured again); a
-    damaged trial is measured again; an intact result is left alone."""
-    intact = damaged.root / f"results/phase14/runs/{INTACT}.json"
-    before = intact.read_bytes(), intact.stat().st_mtime_ns
+def test_a_corrupt_result_is_not_done_so_the_next_run_builds_exactly_it_again(damaged: Project) -> None:
+    """A damaged result is folded again from its intact trial (nothing is measured again); intact
+    results, including one whose trial file was damaged and moved aside, are left alone."""
+    intact = {pid: damaged.root / f"results/phase14/runs/{pid}.json" for pid in (INTACT, BAD_TRIAL)}
+    before = {pid: (p.read_bytes(), p.stat().st_mtime_ns) for pid, p in intact.items()}
     trial_before = {pid: (damaged.root / f"results/phase14/trials/{pid}/1.json").read_bytes() for pid in CORRUPT}
     jobs = damaged.dry_run_jobs("results/phase14/L0.done")
-    assert sorted(j["pattern"] for j in jobs["run_pattern"]) == sorted([*CORRUPT, BAD_TRIAL])
-    assert [j["pattern"] for j in jobs["run_trial"]] == [BAD_TRIAL]
-    assert all("Missing output files" in j["reason"] for j in jobs["run_pattern"] if j["pattern"] in CORRUPT), jobs["run_pattern"]
+    assert sorted(j["pattern"] for j in jobs["run_pattern"]) == sorted(CORRUPT)
+    assert "run_trial" not in jobs, jobs.get("run_trial")
+    assert all("Missing output files" in j["reason"] for j in jobs["run_pattern"]), jobs["run_pattern"]
     for pid in CORRUPT:  # moved aside (kept), so the result counts as missing
         assert (damaged.root / f"results/phase14/corrupt/{pid}.json").exists()
         assert not (damaged.root / f"results/phase14/runs/{pid}.json").exists()
@@ -126,11 +127,9 @@ def test_a_corrupt_file_is_not_done_so_the_next_run_builds_exactly_it_again(dama
     for pid in CORRUPT:
         assert damaged.result("phase14", pid)["completed"] == 8
         assert (damaged.root / f"results/phase14/trials/{pid}/1.json").read_bytes() == trial_before[pid], "not measured again"
-    assert damaged.result("phase14", BAD_TRIAL)["completed"] == 8
-    assert (intact.read_bytes(), intact.stat().st_mtime_ns) == before, "an intact result is never rebuilt"
+        assert not (damaged.root / f"results/phase14/corrupt/{pid}.json").exists(), "a rebuilt result's corrupt copy is removed"
+    assert {pid: (p.read_bytes(), p.stat().st_mtime_ns) for pid, p in intact.items()} == before, "an intact result is never rebuilt"
     assert "run_pattern" not in damaged.dry_run_jobs("results/phase14/L0.done")
-    leftovers = [p for p in (damaged.root / "results/phase14/corrupt").rglob("*.json")]
-    assert leftovers == [], "a replaced corrupt copy is removed"
     assert {p["state"] for p in json.loads(damaged.cli("status", "phase14", "--json"))["patterns"]} == {"done"}
 
 
