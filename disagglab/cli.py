@@ -35,10 +35,40 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 2 if bad else 0
 
 
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """The configuration Snakemake would use (config/config.yaml + --configfile files), its
+    environment (SCRIPTS_BUCKET, NODE*, region) and, with storage s3, where the bucket comes from."""
+    from .config import load_sources, merge, validate_config
+    from .config_checks import check_discovery, check_environment
+    from .paths import CONFIG_DIR
+
+    sources = load_sources([CONFIG_DIR / "config.yaml", *args.configfile])
+    cfg = validate_config(merge(sources), "config", sources)
+    check_environment(cfg)
+    bucket = check_discovery(cfg)
+    print(f"config ok: executor {cfg['executor']}, engine {cfg['engine']}, storage {cfg['storage']}" + (f", bucket {bucket}" if bucket else ""))
+    return 0
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     text = _phases().task_text(args.phase, args.pattern, args.role)
     atomic_write_bytes(Path(args.output), text.encode())
     return 0
+
+
+def _edited_tasks(phases, args: argparse.Namespace) -> list[str]:
+    """Task files whose bytes are not what the plan renders (edited by hand): never deployed."""
+    from .hashing import sha256_file
+
+    edited = []
+    for task in map(Path, args.tasks):
+        expected, actual = phases.task_digest(args.phase, args.pattern, task.stem), sha256_file(task)
+        if actual != expected:
+            edited.append(f"{task}: sha256 {actual}, but the plan renders sha256 {expected}: the file was edited after "
+                          "rendering; refusing to deploy it (delete it to render it again)")
+    if edited:
+        print("\n".join(edited), file=sys.stderr)
+    return edited
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -49,6 +79,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     phases = _phases()
     pattern = phases.pattern(args.phase, args.pattern)
+    if _edited_tasks(phases, args):
+        return 1
     node_files = sorted(files_for_pattern(pattern, phases.cfg["engine"], node_file_digests()))
     failure = Path(args.output).parent.parent / "failures" / f"{args.pattern}.json"
     started = time.time()
@@ -96,6 +128,7 @@ def cmd_run_pattern(args: argparse.Namespace) -> int:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
+    from .results import quarantined
     from .trials import aggregate_files
     from .workflow import AGGREGATED
 
@@ -104,6 +137,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     for marker in markers:  # first: a result that failed to fold must never look deleted
         marker.unlink(missing_ok=True)
     atomic_write_json(Path(args.output), aggregate_files(trials))
+    quarantined(Path(args.output).parents[1], Path(args.output).stem).unlink(missing_ok=True)  # a corrupt copy, now rebuilt
     for marker in markers:
         atomic_write_json(marker, {"result": args.output, "trials": [str(t) for t in trials if t.parent == marker.parent]})
     return 0
@@ -157,7 +191,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     plan = _phases().plan(args.phase)
     summary = tracking.log_phase(plan, Path("results") / args.phase, tracking.tracking_uri(Path("results")), git_revision())
     print(f"MLflow {tracking.experiment_name(args.phase)}: {len(summary['created'])} created, "
-          f"{len(summary['unchanged'])} unchanged, {len(summary['superseded'])} superseded", file=sys.stderr)
+          f"{len(summary['unchanged'])} unchanged, {len(summary['superseded'])} superseded, {len(summary['corrupt'])} corrupt (skipped)", file=sys.stderr)
     atomic_write_json(Path(args.output), summary)
     return 0
 
@@ -217,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("validate", help="validate plan files; every problem is listed")
     p.add_argument("plans", nargs="+")
     p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("check-config", help="validate the configuration (and its environment) a run would use")
+    p.add_argument("configfile", nargs="*", help="files given to Snakemake with --configfile, in order (e.g. config/aws.yaml)")
+    p.set_defaults(func=cmd_check_config)
     p = sub.add_parser("render", help="render one role's task definition")
     for a in ("--phase", "--pattern", "--role", "--output"):
         p.add_argument(a, required=True)

@@ -9,10 +9,11 @@ than the threshold is a regression; the CLI exits non-zero on one so it can gate
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .results import CorruptResult, read_result, result_problem
 
 # metric -> +1 when higher is worse (latency), -1 when lower is worse (throughput)
 METRICS: dict[str, int] = {
@@ -57,10 +58,13 @@ def _load(results: Path) -> tuple[dict[tuple[Any, ...], tuple[str, dict[str, Any
     found, skipped = {}, []
     for path in sorted((results / "runs").glob("*.json")):
         try:
-            r = json.loads(path.read_text())
+            r = read_result(path, path.stem)
             key = match_key(r)
+        except CorruptResult as exc:
+            skipped.append(f"{path}: corrupt ({exc.reason})")
+            continue
         except (ValueError, KeyError, TypeError) as exc:
-            skipped.append(f"{path}: unreadable ({type(exc).__name__})")
+            skipped.append(f"{path}: unreadable ({type(exc).__name__}: {exc})")
             continue
         if not r.get("validity", {}).get("valid", False):
             skipped.append(f"{path}: invalid result ({'; '.join(r['validity'].get('reasons', []))})")
@@ -70,6 +74,9 @@ def _load(results: Path) -> tuple[dict[tuple[Any, ...], tuple[str, dict[str, Any
             found[key] = ("", {})
             continue
         found[key] = (r["pattern_id"], r)
+    for moved in sorted((results / "corrupt").glob("*.json")):
+        if not (results / "runs" / moved.name).exists():
+            skipped.append(f"{results / 'runs' / moved.name}: corrupt ({result_problem(moved, moved.stem)}; moved to {moved})")
     found = {k: v for k, v in found.items() if v[0]}
     return found, skipped
 

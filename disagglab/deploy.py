@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .hashing import atomic_write_json
-from .paths import ROOT
+from .paths import ROOT, phase_key, safe_segment
 from .storage import Storage, StorageError
 
 
@@ -54,10 +54,10 @@ def _put_all(storage: Storage, items: list[tuple[Path, str, str]]) -> list[dict[
 
 def deploy_pattern(phase: str, pattern: str, node_files: list[str], task_files: list[Path], storage: Storage, marker: Path) -> None:
     """Put the pattern's node-side files and task definitions in the store; write the marker."""
-    items = [(ROOT / rel, f"{phase}/{rel}", rel) for rel in node_files]
+    items = [(ROOT / rel, phase_key(phase, rel), rel) for rel in node_files]
     for path in task_files:
-        rel = f"tasks/{pattern}/{path.name}"
-        items.append((path, f"{phase}/{rel}", rel))
+        rel = f"tasks/{safe_segment(pattern)}/{safe_segment(path.name)}"
+        items.append((path, phase_key(phase, rel), rel))
     atomic_write_json(marker, {"kind": "deploy", "phase": phase, "pattern": pattern, "store": storage.url, "files": _put_all(storage, items)})
 
 

@@ -23,6 +23,7 @@ from . import faults, local_vllm
 from .errors import StepFailed
 from .executor import Executor, NodePair
 from .hashing import atomic_write_bytes, sha256_file
+from .paths import phase_key, safe_join, safe_segment
 from .plan import Pattern, Plan
 from .preflight import before_servers as nixl_preflight
 from .results import build_result, failure_record, write_failure, write_result
@@ -113,6 +114,7 @@ class PatternRun:
         return outcome.report
 
     def run(self) -> Path:
+        safe_segment(self.pattern.id)  # validated by the plan; checked again where it becomes a path
         run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
         started = time.time()
         storage = self.executor.storage
@@ -143,7 +145,7 @@ class PatternRun:
                     manifest = {"pattern": self.pattern.id, "trial": self.trial, "run_id": run_id, "files": files}
                     manifest_local = self.logs_dir / "manifest.json"
                     atomic_write_bytes(manifest_local, json.dumps(manifest, indent=2, sort_keys=True).encode())
-                    manifest_key = f"{self.phase}/manifests/{self.pattern.id}/trial-{self.trial}.json"
+                    manifest_key = phase_key(self.phase, "manifests", self.pattern.id, f"trial-{self.trial}.json")
                     manifest_sha = storage.put_file(manifest_local, manifest_key).sha256
                     runner = next(f for f in files if f["path"] == RUNNER_PATH)
                     python = f"{self.pattern.spec['infrastructure']['venv_path'].rstrip('/')}/bin/python"
@@ -210,6 +212,7 @@ class PatternRun:
         output = self.output
         write_result(output, result)
         failure_path.unlink(missing_ok=True)
+        (self.results_dir / "corrupt" / "trials" / self.pattern.id / output.name).unlink(missing_ok=True)  # a damaged copy, now replaced
         self.log(f"done: {result['completed']} requests, valid={result['validity']['valid']}"
                  + ("" if result["validity"]["valid"] else f"; the result is marked INVALID: {'; '.join(result['validity']['reasons'])}"))
         return output
@@ -245,9 +248,16 @@ class PatternRun:
                 continue
             files = {}
             for item in report.get("uploaded", []):
+                # The node names these keys: each must stay below this run's output prefix.
                 rel = item["key"][len(prefix) + 1:]
-                dest = self.logs_dir / node.name / rel
-                got = storage.get_file(item["key"], dest)
+                try:
+                    if not item["key"].startswith(prefix + "/"):
+                        raise ValueError(f"outside {prefix}/")
+                    dest = safe_join(self.logs_dir / node.name, *rel.split("/"))
+                    got = storage.get_file(item["key"], dest)
+                except ValueError as exc:
+                    self.log(f"collect: refused {item['key']!r} from {node.name}: {exc}")
+                    continue
                 if got != item["sha256"]:
                     self.log(f"collect: {item['key']} sha256 mismatch ({got} != {item['sha256']})")
                     continue

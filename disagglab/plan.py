@@ -16,11 +16,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-
 from .errors import PlanError, Problem
 from .jsonpath import format_path
 from .paths import SCHEMA_DIR
+from .schemacheck import strict_validator
 
 BACKENDS = ("unified", "tcp", "efa")
 DISAGGREGATED = ("tcp", "efa")
@@ -103,10 +102,9 @@ class Plan:
 
 
 @lru_cache(maxsize=1)
-def _validator() -> jsonschema.Draft202012Validator:
-    schema = json.loads((SCHEMA_DIR / "plan.schema.json").read_text())
-    jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(schema)
+def _validator() -> Any:
+    # ECMA-262 patterns: `$` is the end of the string, so an id never ends in a newline.
+    return strict_validator(json.loads((SCHEMA_DIR / "plan.schema.json").read_text()))
 
 
 def _schema_problems(doc: Any, file: str) -> list[Problem]:
@@ -155,10 +153,10 @@ def _cross_field_problems(doc: dict[str, Any], file: str, stem: str) -> list[Pro
         add(["phase"], f"file name stem must be 'phase{phase}' for phase {phase} (the file is named {stem!r})")
     infra = doc["infrastructure"]
     model = infra["model"]
-    if not (MODEL_ID_RE.match(model) or ABS_PATH_RE.match(model)) or ".." in model.split("/"):
+    if not (MODEL_ID_RE.fullmatch(model) or ABS_PATH_RE.fullmatch(model)) or ".." in model.split("/"):
         add(["infrastructure", "model"], f"{model!r} is neither a model id (org/name of letters, digits, '.', '_', '-') nor an absolute path")
     venv = infra["venv_path"]
-    if not ABS_PATH_RE.match(venv) or ".." in venv.split("/"):
+    if not ABS_PATH_RE.fullmatch(venv) or ".." in venv.split("/"):
         add(["infrastructure", "venv_path"], f"{venv!r} is not an absolute path of letters, digits, '.', '_', '+', '-' without '..'")
     if infra["tp_size"] > infra["gpu_count_per_node"]:
         add(["infrastructure", "tp_size"], f"tp_size {infra['tp_size']} exceeds gpu_count_per_node {infra['gpu_count_per_node']}")

@@ -105,7 +105,8 @@ def render_task(pattern: Pattern, role: str, phase: str, cfg: dict[str, Any]) ->
         raise ValueError(f"template {TEMPLATES[role]} rendered invalid JSON for {pattern.id}: {exc}") from None
     unknown = sorted(set(_TOKEN.findall(text)) - BINDINGS)
     if unknown:
-        raise ValueError(f"template {TEMPLATES[role]} uses unknown run-time tokens: {', '.join(unknown)}")
+        raise ValueError(f"task {pattern.id}/{role} (template {TEMPLATES[role]}) uses unknown run-time tokens: {', '.join(unknown)} "
+                         "(a ${name} in a template or a configuration value is bound on the node; these names are not)")
     return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
 

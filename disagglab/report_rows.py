@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .plan import Pattern, Plan
+from .results import quarantined
 from .status import pattern_state
 
 # Effective parameters, from the plan (the plan is what the report is about).
@@ -175,7 +176,8 @@ def pattern_row(pattern: Pattern, results_dir: Path) -> Row:
     if state == "pending":
         row["detail"] = "no result and no failure record: not run yet"
     elif state == "corrupt":
-        row["result_file"] = str(result_path if result_path.exists() else failure_path)
+        moved = quarantined(results_dir, pattern.id)
+        row["result_file"] = str(result_path if result_path.exists() else moved if moved.exists() else failure_path)
     elif state == "done":
         _from_result(row, pattern, result_path, json.loads(result_path.read_text()))
     elif state == "failed":

@@ -83,7 +83,8 @@ def build_script(node_dir: str, boot: Bootstrap, args: list[str], region: str | 
         f"SHA={q(boot.sha256)}",
         'mkdir -p "$NODE_DIR/remote" || fail "cannot create $NODE_DIR"',
         '[ -x "$PY" ] || fail "no python at $PY (the plan venv_path)"',
-        'if [ ! -f "$RUNNER" ] || [ "$(sha256sum "$RUNNER" | cut -d" " -f1)" != "$SHA" ]; then',
+        # sha256sum reads stdin: with a file name, it escapes names holding '\\' or a newline
+        'if [ ! -f "$RUNNER" ] || [ "$(sha256sum < "$RUNNER" | cut -d" " -f1)" != "$SHA" ]; then',
         '  TMP="$RUNNER.tmp.$$"',
         '  if command -v aws >/dev/null 2>&1; then',
         '    aws s3api get-object --bucket "$BUCKET" --key "$KEY" "$TMP" >/dev/null 2>&1 || fail "cannot fetch s3://$BUCKET/$KEY"',
@@ -91,7 +92,7 @@ def build_script(node_dir: str, boot: Bootstrap, args: list[str], region: str | 
         '    "$PY" -c "import sys, boto3; boto3.client(\'s3\').download_file(sys.argv[1], sys.argv[2], sys.argv[3])" "$BUCKET" "$KEY" "$TMP" >/dev/null 2>&1'
         ' || fail "cannot fetch s3://$BUCKET/$KEY (no aws CLI, boto3 failed)"',
         "  fi",
-        '  if [ "$(sha256sum "$TMP" | cut -d" " -f1)" != "$SHA" ]; then rm -f "$TMP"; fail "task runner sha256 mismatch"; fi',
+        '  if [ "$(sha256sum < "$TMP" | cut -d" " -f1)" != "$SHA" ]; then rm -f "$TMP"; fail "task runner sha256 mismatch"; fi',
         '  mv -f "$TMP" "$RUNNER"',
         "fi",
         'exec "$PY" "$RUNNER" ' + " ".join(q(a) for a in args),

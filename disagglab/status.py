@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .plan import Plan
+from .results import CorruptResult, quarantined, read_result, result_problem
 
 STATES = ("done", "invalid", "out-of-date", "running", "incomplete", "failed", "pending", "corrupt")
 """`invalid`: a result exists but is marked invalid (e.g. KV never moved); it is not a success."""
@@ -85,19 +86,23 @@ def pattern_state(results: Path, pid: str) -> tuple[str, str]:
     result, failure = results / "runs" / f"{pid}.json", results / "failures" / f"{pid}.json"
     if result.exists():
         try:
-            r = json.loads(result.read_text())
-            valid = "valid" if r["validity"]["valid"] else "INVALID: " + "; ".join(r["validity"]["reasons"])
-            sim = " simulated" if r.get("simulated") else ""
-            n = int(r.get("repeats", 1))
-            if n > 1:
-                st = (r.get("stats") or {}).get("median_ttft_ms") or {}
-                half = (st["ci_high"] - st["ci_low"]) / 2 if st.get("ci_low") is not None else None
-                spread = f" ±{half:.1f} (95% CI)" if half is not None else ""
-                return "done", (f"{n} trials x {r['completed']} req, TTFT p50 {r['median_ttft_ms']:.1f}{spread} ms, "
-                                f"TPOT p50 {r['median_tpot_ms']:.2f} ms, {valid}{sim}")
-            return "done", f"{r['completed']} req, TTFT p50 {r['median_ttft_ms']:.1f} ms, TPOT p50 {r['median_tpot_ms']:.2f} ms, {valid}{sim}"
-        except (ValueError, KeyError, TypeError) as exc:
-            return "corrupt", f"{result}: unreadable result ({type(exc).__name__}: {exc})"
+            r = read_result(result, pid)
+        except CorruptResult as exc:
+            return "corrupt", f"{result}: {exc.reason}; the next run builds it again"
+        valid = "valid" if r["validity"]["valid"] else "INVALID: " + "; ".join(map(str, r["validity"].get("reasons") or []))
+        sim = " simulated" if r.get("simulated") else ""
+        n = int(r.get("repeats", 1))
+        if n > 1:
+            st = (r.get("stats") or {}).get("median_ttft_ms") or {}
+            half = (st["ci_high"] - st["ci_low"]) / 2 if st.get("ci_low") is not None else None
+            spread = f" ±{half:.1f} (95% CI)" if half is not None else ""
+            return "done", (f"{n} trials x {r['completed']} req, TTFT p50 {r['median_ttft_ms']:.1f}{spread} ms, "
+                            f"TPOT p50 {r['median_tpot_ms']:.2f} ms, {valid}{sim}")
+        return "done", f"{r['completed']} req, TTFT p50 {r['median_ttft_ms']:.1f} ms, TPOT p50 {r['median_tpot_ms']:.2f} ms, {valid}{sim}"
+    moved = quarantined(results, pid)
+    if moved.exists():
+        reason = result_problem(moved, pid) or "moved aside as corrupt"
+        return "corrupt", f"{result}: {reason} (moved to {moved}); the next run builds it again"
     done = _finished_trials(results, pid)
     if failure.exists():
         return pattern_state_failure(failure)

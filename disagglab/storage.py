@@ -11,6 +11,19 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .hashing import atomic_write_bytes, sha256_bytes, sha256_file
+from .paths import UnsafeName, phase_key
+
+
+def check_key(key: str) -> str:
+    """A store key: '/'-separated safe segments under a phase (never absolute, '.', '..' or empty)."""
+    try:
+        phase, *rest = key.split("/")
+        if not rest:
+            raise UnsafeName("a key needs a phase and a name")
+        phase_key(phase, *rest)
+    except (UnsafeName, AttributeError) as exc:
+        raise ValueError(f"invalid store key {key!r}: {exc}") from None
+    return key
 
 
 @dataclass(frozen=True)
@@ -43,9 +56,10 @@ class LocalStorage:
         self.url = self.root.as_uri()
 
     def _path(self, key: str) -> Path:
-        if key.startswith("/") or ".." in key.split("/"):
-            raise ValueError(f"invalid store key {key!r}")
-        return self.root / key
+        path = self.root / check_key(key)
+        if self.root not in path.resolve().parents:  # e.g. a symlink planted in the store
+            raise ValueError(f"invalid store key {key!r}: resolves outside {self.root}")
+        return path
 
     def put_file(self, src: Path, key: str) -> PutResult:
         data = Path(src).read_bytes()
@@ -89,8 +103,7 @@ class S3Storage:
         self.url = f"s3://{bucket}/{self.prefix}{query}" if self.prefix else f"s3://{bucket}{query}"
 
     def _key(self, key: str) -> str:
-        if key.startswith("/") or ".." in key.split("/"):
-            raise ValueError(f"invalid store key {key!r}")
+        check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     @property

@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .hashing import sha256_bytes
+from .results import CorruptResult, quarantined, read_result, result_problem
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -248,7 +250,7 @@ def log_phase(plan: Plan, results_dir: Path, uri: str, git_revision: str | None)
     results_dir = Path(results_dir)
     found = {pid: results_dir / "runs" / f"{pid}.json" for pid in plan.patterns}
     found = {pid: path for pid, path in found.items() if path.is_file()}
-    summary: dict[str, Any] = {"created": [], "unchanged": [], "superseded": [], "reinstated": [], "runs": {}}
+    summary: dict[str, Any] = {"created": [], "unchanged": [], "superseded": [], "reinstated": [], "runs": {}, "corrupt": {}}
     mlflow = _mlflow()
     with _store_lock(uri):
         _init_locked(uri)
@@ -260,10 +262,19 @@ def log_phase(plan: Plan, results_dir: Path, uri: str, git_revision: str | None)
         artifacts = (db.parent / ARTIFACT_DIR / name).as_uri() if db else None
         summary["experiment_id"] = _experiment(client, name, artifacts)
         existing = _runs_by_pattern(client, summary["experiment_id"])
+        for pid in plan.patterns:
+            if pid not in found and quarantined(results_dir, pid).exists():
+                moved = quarantined(results_dir, pid)
+                summary["corrupt"][pid] = f"{results_dir / 'runs' / f'{pid}.json'}: {result_problem(moved, pid)} (moved to {moved})"
         for pid, path in found.items():
             data = path.read_bytes()
             sha = sha256_bytes(data)
-            result = json.loads(data)
+            try:
+                result = read_result(path, pid)
+            except CorruptResult as exc:  # never logged; listed, and the next run measures it again
+                summary["corrupt"][pid] = str(exc)
+                print(f"MLflow: skipped corrupt result {exc}", file=sys.stderr)
+                continue
             runs = existing.get(pid, [])
             same = [r for r in runs if r.data.tags.get("result_sha256") == sha]
             keep = next((r for r in same if r.data.tags.get("status") == CURRENT), same[0] if same else None)

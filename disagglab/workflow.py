@@ -8,6 +8,7 @@ file timestamps) are the params that decide whether a pattern runs again.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -115,8 +116,8 @@ def sweep_deleted_results(results_root: Path = Path("results"), in_flight: set[s
             files = [Path(f) for f in doc["trials"]]
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if result.exists() or str(result) in in_flight:
-            continue
+        if result.exists() or str(result) in in_flight or (result.parents[1] / "corrupt" / result.name).exists():
+            continue  # (a result moved aside as corrupt is rebuilt from these trials: quarantine_corrupt_results)
         dest = marker.parent / time.strftime("superseded-%Y%m%dT%H%M%S")
         dest.mkdir(parents=True, exist_ok=True)
         for f in files:
@@ -125,4 +126,33 @@ def sweep_deleted_results(results_root: Path = Path("results"), in_flight: set[s
         shutil.move(str(marker), str(dest / AGGREGATED))
         print(f"disagglab: {result} was deleted; its {len(files)} trial(s) moved to {dest} and will be measured again", file=sys.stderr)
         moved.append(str(result))
+    return moved
+
+
+def quarantine_corrupt_results(results_root: Path = Path("results")) -> list[str]:
+    """Move result and trial files that cannot be read to results/<phase>/corrupt/, so they count as not done.
+
+    Snakemake only sees that a file exists; a damaged one (truncated, binary, wrong types,
+    missing keys) would count as finished forever. Moving it aside (kept as evidence, never
+    deleted) makes it missing, so the next run rebuilds exactly that: a damaged result is
+    folded again from its trials (nothing is measured again when they are intact), a damaged
+    trial is measured again when its result has to be folded again (an intact result already
+    holds its numbers). Status and the report say "corrupt", with the file and the
+    reason, until the result is rebuilt. Runs before the sweeps: sweep_deleted_results must
+    not take a result moved here for one the user deleted.
+    """
+    from .results import CorruptResult, read_result
+
+    moved = []
+    found = [(p, p.stem, p.parents[1] / "corrupt" / p.name) for p in sorted(results_root.glob("phase*/runs/*.json"))]
+    found += [(p, p.parent.name, p.parents[2] / "corrupt" / "trials" / p.parent.name / p.name)
+              for p in sorted(results_root.glob("phase*/trials/*/*.json")) if p.stem.isdigit()]
+    for path, pattern_id, dest in found:
+        try:
+            read_result(path, pattern_id)
+        except CorruptResult as exc:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, dest)
+            print(f"disagglab: {exc}; moved to {dest}; it will be built again", file=sys.stderr)
+            moved.append(str(path))
     return moved

@@ -7,16 +7,29 @@ from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)
 
-from disagglab.config import ENV_VAR, validate_config
+from disagglab.config import ENV_VAR, load_sources, validate_config
+from disagglab.config_checks import check_discovery, check_environment
 from disagglab.errors import InputError
 from disagglab.faults import FaultError, check_environment as check_fault_environment
 from disagglab.paths import PLANS_DIR
-from disagglab.workflow import Phases, sweep_deleted_results, sweep_stale_layer_markers
+from disagglab.workflow import Phases, quarantine_corrupt_results, sweep_deleted_results, sweep_stale_layer_markers
 
 try:
-    validate_config(config, "config (config/config.yaml + --config/--configfile)")
+    # Each problem names the file (or --config) that set the offending value.
+    _sources = load_sources(["config/config.yaml", *workflow.overwrite_configfiles], workflow.config_settings.config)
+    validate_config(config, "config (config/config.yaml + --config/--configfile)", _sources)
+    check_environment(config)
 except InputError as exc:
     raise WorkflowError(str(exc))
+
+
+onstart:
+    # Before the first job (never in a dry run): the bucket must resolve, so a run without
+    # one stops here instead of after rendering and deploying.
+    try:
+        check_discovery(config)
+    except InputError as exc:
+        raise WorkflowError(str(exc))
 
 # Jobs run in their own processes; they read the very configuration this DAG was built with.
 os.environ[ENV_VAR] = json.dumps(config, sort_keys=True)
@@ -33,6 +46,7 @@ try:
 except FaultError as exc:
     raise WorkflowError(str(exc))
 
+quarantine_corrupt_results()
 sweep_stale_layer_markers()
 sweep_deleted_results()
 
