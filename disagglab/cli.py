@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -216,7 +218,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .status import phase_status, status_json, status_lines
+    from .status import leftover_note, phase_status, status_json, status_lines
 
     plan = _phases().plan(args.phase)
     try:
@@ -224,6 +226,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         print(exc, file=sys.stderr)
         return 2
+    note = leftover_note(plan)
+    if note and not args.json:
+        print(note)
+    elif note:
+        print(note, file=sys.stderr)
     print(status_json(plan, statuses) if args.json else "\n".join(status_lines(plan, statuses)))
     return 0
 
@@ -243,6 +250,25 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     else:
         print(text, end="")
     return 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from .recover import RecoverRefused, recover
+
+    if not re.fullmatch(r"phase[0-9]+", args.phase):
+        print(f"recover: {args.phase!r} is not a phase name (e.g. phase14)", file=sys.stderr)
+        return 2
+    try:
+        ok, lines = recover(args.phase)
+    except RecoverRefused as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
+def _sigterm(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt("SIGTERM")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -315,7 +341,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--configfile", nargs="+", help="config file(s) merged over config/config.yaml, as you run Snakemake with")
     p.set_defaults(func=cmd_estimate)
+    p = sub.add_parser("recover", help="after a killed run: stop its orphaned servers, remove the stale lock and incomplete outputs")
+    p.add_argument("phase", help="e.g. phase14")
+    p.set_defaults(func=cmd_recover)
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C: temporary files are removed, run-pattern stops its servers.
+    signal.signal(signal.SIGTERM, _sigterm)
     try:
         return args.func(args)
     except InputError as exc:

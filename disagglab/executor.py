@@ -33,8 +33,13 @@ BAD_PAIRS = LEASE_DIR / "bad-pairs.json"
 def snakemake_run_id() -> str:
     """The Snakemake process this job belongs to (pid + start time), standing for "this run".
 
-    A job is `sh -c ...` started by Snakemake, so the grandparent process is Snakemake.
+    rules/common.smk passes it on in the environment (runledger.OWNER_ENV); failing that, a
+    job is `sh -c ...` started by Snakemake, so the grandparent process is Snakemake.
     """
+    from .runledger import OWNER_ENV
+
+    if os.environ.get(OWNER_ENV):
+        return os.environ[OWNER_ENV]
     ppid = os.getppid()
     try:
         stat = Path(f"/proc/{ppid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -164,15 +169,21 @@ def open_executor(cfg: dict[str, Any]) -> Executor:
         return Executor(transport, storage, cfg)
     if cfg["executor"] == "ssm":
         from . import aws
-        from .ssm import SsmTransport
 
         pairs = aws.discover_pairs(cfg)
-        ssm_cfg = cfg["aws"]["ssm"]
-        transport = SsmTransport(
-            aws.client("ssm", cfg, mode="adaptive" if len(pairs) > 1 else None), storage, ssm_cfg["node_root"],
-            execution_timeout_s=ssm_cfg["execution_timeout_s"], delivery_timeout_s=ssm_cfg["delivery_timeout_s"],
-            invocation_grace_s=ssm_cfg["invocation_grace_s"], region=cfg["aws"].get("region"),
-            poll_initial_s=ssm_cfg.get("poll_initial_s", 0.5), poll_max_s=ssm_cfg.get("poll_max_s", 5.0),
-        )
-        return Executor(transport, storage, cfg, pairs)
+        return Executor(ssm_transport(cfg, storage, adaptive=len(pairs) > 1), storage, cfg, pairs)
     raise ValueError(f"executor {cfg['executor']!r} is not available")
+
+
+def ssm_transport(cfg: dict[str, Any], storage: Storage, adaptive: bool = False) -> Transport:
+    """The SSM transport as configured (also used by `recover` to stop a killed run's servers)."""
+    from . import aws
+    from .ssm import SsmTransport
+
+    ssm_cfg = cfg["aws"]["ssm"]
+    return SsmTransport(
+        aws.client("ssm", cfg, mode="adaptive" if adaptive else None), storage, ssm_cfg["node_root"],
+        execution_timeout_s=ssm_cfg["execution_timeout_s"], delivery_timeout_s=ssm_cfg["delivery_timeout_s"],
+        invocation_grace_s=ssm_cfg["invocation_grace_s"], region=cfg["aws"].get("region"),
+        poll_initial_s=ssm_cfg.get("poll_initial_s", 0.5), poll_max_s=ssm_cfg.get("poll_max_s", 5.0),
+    )

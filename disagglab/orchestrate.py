@@ -27,10 +27,13 @@ from .paths import phase_key, safe_join, safe_segment
 from .plan import Pattern, Plan
 from .preflight import before_servers as nixl_preflight
 from .results import build_result, failure_record, write_failure, write_result
+from .runledger import RunLedger
 from .transport import RUNNER_PATH, Node
 
 ROLE_NODE = {"unified": "node1", "producer": "node1", "consumer": "node2"}
 STEP_TIMEOUT_S = {"fetch": 300.0, "stop": 120.0, "collect": 300.0}
+DUPLICATE_SIGNAL_S = 2.0
+"""A SIGTERM to the process group reaches us twice (directly and forwarded by Snakemake)."""
 
 
 class Interrupted(BaseException):
@@ -39,7 +42,13 @@ class Interrupted(BaseException):
 
 @contextlib.contextmanager
 def interrupts_raise() -> Iterator[None]:
+    last: dict[int, float] = {}
+
     def handler(signum: int, _frame: Any) -> None:
+        now = time.monotonic()
+        if now - last.get(signum, -DUPLICATE_SIGNAL_S) < DUPLICATE_SIGNAL_S:
+            return  # the same signal again at once: one interrupt, not "interrupted while stopping"
+        last[signum] = now
         raise Interrupted(signal.Signals(signum).name)
 
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -66,6 +75,8 @@ class PatternRun:
     """The NIXL preflight marker of the pair (tcp/efa patterns), copied into the result."""
     lines: list[str] = field(default_factory=list)
     """This run's own log lines: the failure record's tail when the step left no output."""
+    ledger: RunLedger | None = None
+    """The run-ledger entry while servers may be up (what `recover` needs after a kill -9)."""
 
     def log(self, msg: str) -> None:
         line = f"[{time.strftime('%H:%M:%S')}] {self.pattern.id} trial {self.trial}: {msg}"
@@ -107,6 +118,8 @@ class PatternRun:
     # ------------------------------------------------------------------ steps
     def _step(self, node: Node, args: list[str], timeout_s: float) -> dict[str, Any]:
         self.current = (args[0], node.name)
+        if self.ledger is not None:
+            self.ledger.note_step(args[0], node.name)
         outcome = self.executor.transport.run_step(node, self.phase, args, timeout_s)
         if not outcome.ok:
             tail = outcome.report.get("log_tail") or outcome.output_tail
@@ -162,6 +175,7 @@ class PatternRun:
                         prepared.append(node)
                         self._step(node, ["fetch", "--node-dir", transport.node_dir(node, self.phase), "--store", storage.url,
                                           "--manifest-key", manifest_key, "--manifest-sha256", manifest_sha], STEP_TIMEOUT_S["fetch"])
+                    self.ledger = RunLedger.for_pattern_run(self, used, runner, python, run_id)
                     nixl_preflight(self, pair, run_id, step_reports)
                     grace = str(self.cfg["server"]["stop_grace_s"])
                     for role in self.pattern.roles:
@@ -183,6 +197,9 @@ class PatternRun:
                 finally:
                     interrupted_at = self.current
                     stop_errors = self._stop_all(prepared)
+                    if self.ledger is not None and not stop_errors:
+                        self.ledger.clear(self.executor.transport)
+                        self.ledger = None
                     collected = self._collect_all(prepared, run_id)
         except Interrupted as exc:  # a second signal while stopping
             error = error or exc

@@ -125,8 +125,15 @@ def _finished_trials(results: Path, pid: str) -> list[int]:
 
 def phase_status(plan: Plan, workdir: Path = Path("."), configfiles: list[str] | None = None) -> list[PatternStatus]:
     results = workdir / "results" / plan.phase_name
+    from . import leftovers, phaselock
+
     summary = snakemake_summary(plan.phase_name, workdir, configfiles)
     incomplete, locked = running_outputs(workdir)
+    holder = phaselock.holder(results)
+    if holder is not None:  # the phase lock knows whether its holder lives (Snakemake's lock files do not)
+        locked = phaselock.holder_alive(holder)
+    found = leftovers.find(plan.phase_name, workdir)
+    cut_short = {e["pattern"] for _, e in found.entries} | {leftovers.pattern_of(p) for p in found.incomplete.values()}
     out = []
     for layer in plan.layers:
         for pid in layer.pattern_ids:
@@ -134,7 +141,10 @@ def phase_status(plan: Plan, workdir: Path = Path("."), configfiles: list[str] |
             state, detail = pattern_state(results, pid)
             metrics = None
             trials = f"results/{plan.phase_name}/trials/{pid}/"
-            if rel in incomplete or any(p.startswith(trials) for p in incomplete):
+            if pid in cut_short:
+                state, detail = "incomplete", (f"cut short when its run was killed ({leftovers.fmt_time(found.since)}); "
+                                               f"clean up with `{leftovers.recover_command(plan.phase_name)}`")
+            elif rel in incomplete or any(p.startswith(trials) for p in incomplete):
                 state, detail = ("running", "Snakemake is running this pattern") if locked else (
                     "incomplete", "a run was killed while measuring it; rerun with --rerun-incomplete")
             elif state == "done":
@@ -157,6 +167,17 @@ def phase_status(plan: Plan, workdir: Path = Path("."), configfiles: list[str] |
                     detail += f"; last attempt failed: {why}"
             out.append(PatternStatus(pid, layer.id, plan.pattern(pid).backend, state, detail, metrics))
     return out
+
+
+def leftover_note(plan: Plan, workdir: Path = Path(".")) -> str | None:
+    """One line when a killed run left something on the phase: when, and the command to clean up."""
+    from . import leftovers
+
+    found = leftovers.find(plan.phase_name, workdir)
+    if not found.any:
+        return None
+    return (f"{plan.phase_name}: orphaned run from {leftovers.fmt_time(found.since)}: "
+            f"run `{leftovers.recover_command(plan.phase_name)}` (it stops what the killed run left running)")
 
 
 def status_lines(plan: Plan, statuses: list[PatternStatus]) -> list[str]:

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -75,6 +76,8 @@ class LocalTransport:
         self.nodes_dir = Path(nodes_dir).resolve()
         self.python = python
         self.spawned: list[int] = []
+        self.on_spawn: Callable[[Node, str, int], None] | None = None
+        """Told of each step runner started (the run ledger records it for `recover`)."""
 
     def node_dir(self, node: Node, phase: str) -> str:
         return str(self.nodes_dir / node.name / phase)
@@ -92,6 +95,8 @@ class LocalTransport:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         self.spawned.append(proc.pid)
         try:
+            if self.on_spawn is not None:
+                self.on_spawn(node, args[0], proc.pid)
             out, _ = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             _kill_group(proc)

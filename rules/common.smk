@@ -11,6 +11,7 @@ from disagglab.config import ENV_VAR, load_sources, validate_config
 from disagglab.config_checks import check_discovery, check_environment
 from disagglab.errors import InputError
 from disagglab.faults import FaultError, check_environment as check_fault_environment
+from disagglab.guard import RunRefused, check_phases, forward_sigterm
 from disagglab.paths import PLANS_DIR
 from disagglab.workflow import Phases, quarantine_corrupt_results, sweep_deleted_results, sweep_stale_layer_markers
 
@@ -24,12 +25,20 @@ except InputError as exc:
 
 
 onstart:
+    # Snakemake waits for running jobs on SIGTERM: pass it on to them (disagglab/guard.py).
+    forward_sigterm()
     # Before the first job (never in a dry run): the bucket must resolve, so a run without
     # one stops here instead of after rendering and deploying.
     try:
         check_discovery(config)
     except InputError as exc:
         raise WorkflowError(str(exc))
+
+# One run per phase, and none on the leftovers of a killed run (see disagglab/guard.py).
+try:
+    check_phases()
+except RunRefused as exc:
+    raise WorkflowError(str(exc))
 
 # Jobs run in their own processes; they read the very configuration this DAG was built with.
 os.environ[ENV_VAR] = json.dumps(config, sort_keys=True)

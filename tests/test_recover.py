@@ -1,0 +1,120 @@
+"""kill -9 of the whole pipeline mid-measurement (what a reboot or the OOM killer does).
+
+Nothing of ours runs any cleanup: Snakemake and the control job die at once, the servers
+on the nodes live on in their own process groups. The next run must refuse to start and
+say what is left and the one command that cleans it up; that command stops every orphan,
+clears Snakemake's stale state, and the run after it completes without re-measuring
+anything that had finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from disagglab.hashing import sha256_file
+
+from conftest import SNAKEMAKE, Project, alive_groups, ledger_entries
+
+KILLED = "p14-tcp-1k-c1"
+FINISHED = "p14-unified-1k-c1"
+TARGET = f"results/phase14/runs/{KILLED}.json"
+DONE = f"results/phase14/runs/{FINISHED}.json"
+
+
+def pattern_entries(root: Path, pattern: str) -> list[dict]:
+    entries = []
+    for ledger in (root / "results" / ".local" / "nodes").glob(f"*/*/runs/{pattern}/procs.json"):
+        entries.extend(json.loads(ledger.read_text()))
+    return entries
+
+
+def set_time_scale(project: Project, scale: str) -> None:
+    cfg = project.root / "config" / "config.yaml"
+    text = cfg.read_text()
+    for old in ("  time_scale: 0.05\n", "  time_scale: 1.0\n"):
+        text = text.replace(old, f"  time_scale: {scale}\n")
+    cfg.write_text(text)
+
+
+def finished_files(project: Project) -> dict[str, tuple[str, int]]:
+    """sha256 and mtime of everything the finished pattern produced."""
+    base = project.root / "results" / "phase14"
+    files = [base / "runs" / f"{FINISHED}.json", base / "deploy" / f"{FINISHED}.json", *sorted((base / "tasks" / FINISHED).glob("*.json"))]
+    return {str(f): (sha256_file(f), f.stat().st_mtime_ns) for f in files}
+
+
+def test_sigkill_leaves_orphans_the_next_run_names_them_and_recover_cleans_up(project: Project) -> None:
+    first = project.snakemake(DONE)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = finished_files(project)
+
+    set_time_scale(project, "1.0")  # the benchmark is still running when the kill comes
+    env = {k: v for k, v in os.environ.items() if k != "DISAGGLAB_CONFIG"}
+    proc = subprocess.Popen([SNAKEMAKE, TARGET], cwd=project.root, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "benchmark" not in {e["name"] for e in pattern_entries(project.root, KILLED)}:
+            assert proc.poll() is None and time.monotonic() < deadline, "the benchmark never started"
+            time.sleep(0.1)
+        time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # Snakemake, its job shells and the control job: no cleanup runs
+        proc.wait()
+    set_time_scale(project, "0.05")
+
+    orphans = alive_groups(pattern_entries(project.root, KILLED))
+    assert {"producer", "consumer"} <= {e["name"] for e in orphans}, "servers live in their own process groups"
+    assert list((project.root / ".snakemake" / "locks").glob("*.lock")), "Snakemake's lock is left behind"
+
+    # The next run refuses before touching anything, naming every leftover and the command.
+    refused = project.snakemake(TARGET)
+    assert refused.returncode != 0
+    msg = refused.stdout + refused.stderr
+    assert "phase14: an earlier pipeline run was killed and left things behind (Snakemake pid" in msg, msg[-3000:]
+    assert f"- {KILLED} (started" in msg
+    producer = next(e for e in orphans if e["name"] == "producer")
+    consumer = next(e for e in orphans if e["name"] == "consumer")
+    assert f"orphaned on node1: producer pid {producer['pid']}" in msg
+    assert f"consumer pid {consumer['pid']}" in msg
+    assert "a stale Snakemake lock: .snakemake/locks/" in msg
+    assert f"incomplete outputs: {TARGET}" in msg
+    assert "-m disagglab recover phase14" in msg
+    assert "LockException" not in msg and "IncompleteFilesException" not in msg
+    assert alive_groups(pattern_entries(project.root, KILLED)) == orphans, "a refused run stops nothing"
+
+    # A dry run and `status` show it too, and change nothing.
+    dry = project.snakemake("-n", TARGET)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "WARNING: phase14: an earlier pipeline run was killed" in dry.stderr and "recover phase14" in dry.stderr
+    status = project.cli("status", "phase14")
+    assert "phase14: orphaned run from " in status and "-m disagglab recover phase14`" in status, status
+    line = next(ln for ln in status.splitlines() if ln.strip().startswith(KILLED))
+    assert " incomplete " in line and "cut short when its run was killed" in line, line
+
+    # One command cleans up, and says what it did.
+    out = project.cli("recover", "phase14")
+    assert f"{KILLED}: node1: stopped producer (pid {producer['pid']}, SIGTERM)" in out, out
+    assert "removed the stale Snakemake lock" in out and f"removed the incomplete marker of {TARGET}" in out
+    assert alive_groups(ledger_entries(project.root)) == [], out
+    assert not list((project.root / ".snakemake" / "locks").glob("*.lock"))
+    assert not list((project.root / ".snakemake" / "incomplete").rglob("*"))
+    assert not list((project.root / "results" / "phase14").rglob(".ledger/*.json"))
+    record = json.loads((project.root / f"results/phase14/failures/{KILLED}.json").read_text())
+    assert record["step"] == "bench" and record["node"] == "node2" and "was killed" in record["cause"], record
+    assert project.cli("recover", "phase14").strip() == "phase14: nothing to recover (no killed run left anything behind)"
+    status = project.cli("status", "phase14")
+    assert "orphaned" not in status and "failed" in next(ln for ln in status.splitlines() if ln.strip().startswith(KILLED))
+
+    # The next run completes; what had finished is neither re-measured nor rewritten.
+    rerun = project.snakemake(TARGET, DONE)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert json.loads((project.root / TARGET).read_text())["completed"] == 30
+    assert finished_files(project) == before
+    assert not (project.root / f"results/phase14/failures/{KILLED}.json").exists()
+    assert alive_groups(ledger_entries(project.root)) == []
