@@ -60,6 +60,20 @@ def target_phases(targets: list[str]) -> list[str]:
     return sorted({m.group(1) for t in targets if (m := TARGET_PHASE.search(t))})
 
 
+def plan_loads(phase: str) -> bool:
+    """A phase whose plan is missing or invalid runs nothing; Snakemake reports why, and
+    nothing (not even a lock file) may be written under results/ for it."""
+    from .errors import InputError
+    from .paths import PLANS_DIR
+    from .plan import load_plan
+
+    try:
+        load_plan(PLANS_DIR / f"{phase}.json")
+    except (InputError, OSError):
+        return False
+    return True
+
+
 def check_phases(argv: list[str] | None = None, workdir: Path = Path(".")) -> list[str]:
     """Lock and check the phases of this Snakemake run; returns the phases locked.
 
@@ -71,7 +85,7 @@ def check_phases(argv: list[str] | None = None, workdir: Path = Path(".")) -> li
     targets = list(getattr(args, "targets", None) or [])
     if runs_jobs(args):
         locked = []
-        for phase in target_phases(targets):
+        for phase in filter(plan_loads, target_phases(targets)):
             try:
                 previous = phaselock.acquire(Path(workdir) / "results" / phase, phase, "Snakemake", ["snakemake", *argv[1:]])
             except phaselock.PhaseBusy as exc:
