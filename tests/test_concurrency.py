@@ -1,7 +1,7 @@
 """Two pipeline runs at once in one project folder.
 
 On the same phase the second is refused at once, naming the phase and the run that holds
-it; on different phases both run side by side and complete (their DAGs share no output:
+it (and so is `recover`, which never touches a live run); on different phases both run side by side and complete (their DAGs share no output:
 the store keys, node folders and results are per phase); and MLflow logging from several
 processes at once into the one sqlite store leaves every run exactly once and the store
 intact.
@@ -52,6 +52,9 @@ def test_same_phase_is_refused_other_phases_run_side_by_side_and_mlflow_stays_in
         other = subprocess.Popen([SNAKEMAKE, OTHER_PHASE], cwd=project.root, env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         second = project.snakemake(SAME_PHASE)
+        recover = subprocess.run([sys.executable, "-m", "disagglab", "recover", "phase14"], cwd=project.root, env=env,
+                                 capture_output=True, text=True, timeout=60, check=False)
+        live_locks = sorted((project.root / ".snakemake" / "locks").glob("*.lock"))
         assert first.poll() is None, "the first run must still be running for this test to mean anything"
         other_out, _ = other.communicate(timeout=300)
         first_out, _ = first.communicate(timeout=300)
@@ -67,6 +70,10 @@ def test_same_phase_is_refused_other_phases_run_side_by_side_and_mlflow_stays_in
     assert f"`snakemake {SLOW} --configfile config/slow.yaml`" in msg
     assert "Only one run per phase at a time" in msg and "LockException" not in msg
     assert not (project.root / SAME_PHASE).exists()
+    assert recover.returncode == 2, recover.stdout + recover.stderr
+    assert f"phase14 is locked by another pipeline run: Snakemake pid {first.pid}" in recover.stderr
+    assert "it never touches a live run" in recover.stderr
+    assert live_locks, "recover left the live run's Snakemake lock alone"
 
     assert first.returncode == 0, first_out[-3000:]
     assert other.returncode == 0, other_out[-3000:]

@@ -9,6 +9,7 @@ anything that had finished.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from disagglab import leftovers, phaselock, snakestate
 from disagglab.hashing import sha256_file
 
 from conftest import SNAKEMAKE, Project, alive_groups, ledger_entries
@@ -118,3 +120,31 @@ def test_sigkill_leaves_orphans_the_next_run_names_them_and_recover_cleans_up(pr
     assert finished_files(project) == before
     assert not (project.root / f"results/phase14/failures/{KILLED}.json").exists()
     assert alive_groups(ledger_entries(project.root)) == []
+
+
+def test_recover_keeps_lock_files_of_a_live_run_and_decodes_every_incomplete_marker(tmp_path: Path) -> None:
+    """Only lock files of dead runs go: one that also locks a phase held by a live run stays."""
+    locks = tmp_path / ".snakemake" / "locks"
+    locks.mkdir(parents=True)
+    (locks / "0.output.lock").write_text("results/phase14/runs/a.json\nresults/phase14/L0.done\n")
+    (locks / "1.output.lock").write_text("results/phase14/report.html\nresults/phase15/runs/b.json\n")
+    (locks / "2.input.lock").write_text("results/phase16/tasks/c/unified.json\n")
+    phaselock.acquire(tmp_path / "results" / "phase15", "phase15", "test", ["pytest"])  # phase15 is live (this process)
+    try:
+        assert sorted(p.name for p in leftovers.stale_locks("phase14", tmp_path)) == ["0.output.lock"]
+    finally:
+        phaselock.release(tmp_path / "results" / "phase15")
+    assert sorted(p.name for p in leftovers.stale_locks("phase14", tmp_path)) == ["0.output.lock", "1.output.lock"]
+
+    # Snakemake names a marker by the urlsafe base64 of the path, split into @-folders past 255 chars.
+    long_path = "results/phase14/runs/" + "p14-" + "x" * 300 + ".json"
+    inc = tmp_path / ".snakemake" / "incomplete"
+    encoded = base64.urlsafe_b64encode(long_path.encode()).decode()
+    marker = inc / ("@" + encoded[:254]) / encoded[254:]
+    marker.parent.mkdir(parents=True)
+    marker.write_text("{}")
+    short = inc / base64.urlsafe_b64encode(b"results/phase15/runs/b.json").decode()
+    short.write_text("{}")
+    assert snakestate.phase_incomplete(tmp_path, "phase14") == {marker: long_path}
+    snakestate.remove_marker(marker, inc)
+    assert sorted(p.name for p in inc.iterdir()) == [short.name]
