@@ -14,13 +14,20 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
+import uuid
 from pathlib import Path
 
-from disagglab import leftovers, phaselock, snakestate
+import boto3
+from test_ssm import REGION, aws_env, moto_endpoint, node_env, online_node  # noqa: F401 - fixtures and helpers
+
+from disagglab import guard, leftovers, phaselock, snakestate
+from disagglab.executor import free_ports
 from disagglab.hashing import sha256_file
 
-from conftest import SNAKEMAKE, Project, alive_groups, ledger_entries
+from conftest import SNAKEMAKE, Project, alive_groups, ledger_entries, make_project
+from fake_ssm_agent import FakeAgent
 
 KILLED = "p14-tcp-1k-c1"
 FINISHED = "p14-unified-1k-c1"
@@ -148,3 +155,71 @@ def test_recover_keeps_lock_files_of_a_live_run_and_decodes_every_incomplete_mar
     assert snakestate.phase_incomplete(tmp_path, "phase14") == {marker: long_path}
     snakestate.remove_marker(marker, inc)
     assert sorted(p.name for p in inc.iterdir()) == [short.name]
+
+
+def test_sigkill_on_ssm_nodes_recover_stops_the_orphans_through_the_ssm_stop_step(aws_env, seaweed, tmp_path: Path) -> None:  # noqa: F811
+    """The same kill -9 with executor: ssm (moto + a fake agent running each command for real):
+    the refusal names the instances, and `recover` stops the servers with SSM `stop` commands."""
+    proj = make_project(tmp_path / "proj", time_scale=1.0)
+    ids = [online_node("node1").instance_id, online_node("node2").instance_id]
+    cfg_path = proj.root / "config/config.yaml"
+    ports = dict(zip(["unified_port", "producer_port", "consumer_port", "proxy_port", "producer_side_channel_port", "consumer_side_channel_port"],
+                     free_ports("127.0.0.1", 6), strict=True))
+    text = cfg_path.read_text().replace("executor: local\n", "executor: ssm\n").replace("storage: local\n", "storage: s3\n")
+    text = text.replace("node_root: /opt/disagglab", f"node_root: {tmp_path}/noderoot").replace("max_attempts: 8", "max_attempts: 1")
+    for name, port in ports.items():
+        text = text.replace(f"    {name}: ", f"    {name}: {port} #", 1)
+    cfg_path.write_text(text)
+    plan = proj.plan("phase14")
+    plan["infrastructure"]["venv_path"] = str(Path(sys.executable).parent.parent)
+    proj.write_plan("phase14", plan)
+    bucket = seaweed.create_bucket(f"ssm-kill-{uuid.uuid4().hex[:6]}")
+    env = {**os.environ, **aws_env, "SCRIPTS_BUCKET": bucket, "NODE1_ID": ids[0], "NODE2_ID": ids[1],
+           "NODE1_PRIVATE": "127.0.0.1", "NODE2_PRIVATE": "127.0.0.1"}
+    env.pop("DISAGGLAB_CONFIG", None)
+    s3 = boto3.client("s3", endpoint_url=seaweed.endpoint, region_name=REGION)
+
+    def node_procs() -> list[dict]:
+        return [e for f in (tmp_path / "noderoot").glob(f"*/phase14/runs/{KILLED}/procs.json") for e in json.loads(f.read_text())]
+
+    with FakeAgent(REGION, s3, node_env(aws_env)):
+        proc = subprocess.Popen([SNAKEMAKE, TARGET], cwd=proj.root, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 120
+            while "benchmark" not in {e["name"] for e in node_procs()}:
+                assert proc.poll() is None and time.monotonic() < deadline, "the benchmark never started"
+                time.sleep(0.1)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        assert {"producer", "consumer"} <= {e["name"] for e in alive_groups(node_procs())}
+
+        refused = proj.snakemake(TARGET, env=env)
+        msg = refused.stdout + refused.stderr
+        assert refused.returncode != 0
+        assert f"its servers may still run on node1 ({ids[0]}), node2 ({ids[1]})" in msg, msg[-3000:]
+        assert "-m disagglab recover phase14" in msg
+
+        out = subprocess.run([sys.executable, "-m", "disagglab", "recover", "phase14"], cwd=proj.root, env=env,
+                             capture_output=True, text=True, timeout=300, check=False)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert f"{KILLED}: node1: stopped producer" in out.stdout, out.stdout
+        deadline = time.monotonic() + 30  # the cut-short bench command ends once its benchmark is stopped
+        while alive_groups(node_procs()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert alive_groups(node_procs()) == [], out.stdout
+    assert not list((proj.root / "results" / "phase14" / ".ledger").glob("*.json"))
+    assert not list((proj.root / ".snakemake" / "locks").glob("*.lock"))
+
+
+def test_the_guard_reads_snakemakes_own_command_line() -> None:
+    """Parse time knows neither targets nor -n: the command line is read with Snakemake's parser."""
+    sm = "/x/.venv/bin/snakemake"
+    run = guard.snakemake_args([sm, "results/phase14/L0.done", "results/compare/phase14_vs_phase15.html", "--cores", "2"])
+    assert guard.runs_jobs(run) and guard.target_phases(run.targets) == ["phase14"]  # compare only reads phases
+    for no_jobs in (["-np", "results/phase14/L0.done"], ["--dry-run", "results/phase14/L0.done"],
+                    ["results/phase14/all.done", "--summary", "--nolock"], ["--unlock"]):
+        assert not guard.runs_jobs(guard.snakemake_args([sm, *no_jobs])), no_jobs
+    assert guard.snakemake_args(["/usr/bin/pytest", "-q"]) is None  # not the Snakemake CLI: never lock
+    assert guard.target_phases(["/abs/proj/results/phase15/runs/p15-x.json", "results/phase14/logs/a.log"]) == ["phase14", "phase15"]
