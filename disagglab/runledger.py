@@ -12,7 +12,6 @@ trace of a killed run: the next run refuses to start and `disagglab recover` cle
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -154,9 +153,7 @@ class RunLedger:
         """The stop steps all succeeded: nothing of this pattern runs any more."""
         if transport is not None and hasattr(transport, "on_spawn"):
             transport.on_spawn = None
-        self.path.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            self.path.parent.rmdir()
+        self.path.unlink(missing_ok=True)  # the folder stays: a parallel pattern may be writing into it
 
 
 def load_entries(results_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
