@@ -101,6 +101,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def cmd_run_pattern(args: argparse.Namespace) -> int:
     from .executor import open_executor
     from .orchestrate import PatternRun
+    from .runledger import stop_when_orphaned
 
     phases = _phases()
     cfg = phases.cfg
@@ -116,6 +117,7 @@ def cmd_run_pattern(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     run = PatternRun(plan, plan.pattern(args.pattern), args.phase, cfg, executor, output.parents[2], trial=args.trial)
+    stop_when_orphaned()
     try:
         written = run.run()
     except KeyboardInterrupt:  # stopped cleanly, failure record written: leave Snakemake no incomplete marker

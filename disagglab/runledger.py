@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +76,28 @@ def parse_identity(text: str | None) -> dict[str, Any] | None:
 def snakemake_owner() -> dict[str, Any] | None:
     """The Snakemake run this job belongs to (from the environment Snakemake passes on)."""
     return parse_identity(os.environ.get(OWNER_ENV))
+
+
+def stop_when_orphaned(poll_s: float = 1.0) -> bool:
+    """In a control job started by Snakemake: SIGTERM ourselves once Snakemake is gone.
+
+    `kill -9 <snakemake pid>` kills Snakemake alone; the control job would go on measuring
+    for nobody (Snakemake can no longer record the result) with its servers up. Interrupted
+    instead, it stops them at once and writes its failure record, as on Ctrl-C.
+    Returns whether the watch was started (only when Snakemake is our parent).
+    """
+    owner = snakemake_owner()
+    if not owner or owner["pid"] != os.getppid():
+        return False
+
+    def watch() -> None:
+        while alive(owner["pid"], owner["starttime"]):
+            time.sleep(poll_s)
+        print(f"[{time.strftime('%H:%M:%S')}] Snakemake (pid {owner['pid']}) is gone: stopping", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="snakemake-watch", daemon=True).start()
+    return True
 
 
 def group_alive(pgid: int) -> bool:

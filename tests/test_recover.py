@@ -10,6 +10,7 @@ anything that had finished.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ from pathlib import Path
 import boto3
 from test_ssm import REGION, aws_env, moto_endpoint, node_env, online_node  # noqa: F401 - fixtures and helpers
 
-from disagglab import guard, leftovers, phaselock, snakestate
+from disagglab import guard, leftovers, phaselock, runledger, snakestate
 from disagglab.executor import free_ports
 from disagglab.hashing import sha256_file
 
@@ -223,3 +224,50 @@ def test_the_guard_reads_snakemakes_own_command_line() -> None:
         assert not guard.runs_jobs(guard.snakemake_args([sm, *no_jobs])), no_jobs
     assert guard.snakemake_args(["/usr/bin/pytest", "-q"]) is None  # not the Snakemake CLI: never lock
     assert guard.target_phases(["/abs/proj/results/phase15/runs/p15-x.json", "results/phase14/logs/a.log"]) == ["phase14", "phase15"]
+
+
+PARENT = """
+import os, subprocess, sys, time
+from disagglab import runledger
+os.environ[runledger.OWNER_ENV] = runledger.identity_text(runledger.identity())
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]])
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+CHILD = """
+import signal, sys, time
+from pathlib import Path
+from disagglab import runledger
+def on_term(signum, frame):
+    Path(sys.argv[1]).write_text("SIGTERM")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+assert runledger.stop_when_orphaned(poll_s=0.05)
+Path(sys.argv[1] + ".ready").touch()
+time.sleep(60)
+"""
+
+
+def test_a_control_job_whose_snakemake_is_killed_interrupts_itself(tmp_path: Path) -> None:
+    """`kill -9 <snakemake pid>` alone: the control job notices and stops (its servers with it)."""
+    mark = tmp_path / "child-got"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, CHILD, str(mark)], stdout=subprocess.PIPE, text=True, env=env)
+    child_pid = int(parent.stdout.readline())
+    child_start = runledger.proc_starttime(child_pid)
+    try:
+        deadline = time.monotonic() + 30
+        while not Path(f"{mark}.ready").exists():
+            assert time.monotonic() < deadline, "the child never started its watch"
+            time.sleep(0.02)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while not mark.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert mark.read_text() == "SIGTERM"
+    finally:
+        if runledger.alive(child_pid, child_start):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child_pid, signal.SIGKILL)
+        parent.stdout.close()
