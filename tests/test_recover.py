@@ -33,6 +33,7 @@ from fake_ssm_agent import FakeAgent
 KILLED = "p14-tcp-1k-c1"
 FINISHED = "p14-unified-1k-c1"
 TARGET = f"results/phase14/runs/{KILLED}.json"
+TRIAL = f"results/phase14/trials/{KILLED}/1.json"
 DONE = f"results/phase14/runs/{FINISHED}.json"
 
 
@@ -54,7 +55,8 @@ def set_time_scale(project: Project, scale: str) -> None:
 def finished_files(project: Project) -> dict[str, tuple[str, int]]:
     """sha256 and mtime of everything the finished pattern produced."""
     base = project.root / "results" / "phase14"
-    files = [base / "runs" / f"{FINISHED}.json", base / "deploy" / f"{FINISHED}.json", *sorted((base / "tasks" / FINISHED).glob("*.json"))]
+    files = [base / "runs" / f"{FINISHED}.json", base / "trials" / FINISHED / "1.json", base / "deploy" / f"{FINISHED}.json",
+             *sorted((base / "tasks" / FINISHED).glob("*.json"))]
     return {str(f): (sha256_file(f), f.stat().st_mtime_ns) for f in files}
 
 
@@ -93,7 +95,7 @@ def test_sigkill_leaves_orphans_the_next_run_names_them_and_recover_cleans_up(pr
     assert f"orphaned on node1: producer pid {producer['pid']}" in msg
     assert f"consumer pid {consumer['pid']}" in msg
     assert "a stale Snakemake lock: .snakemake/locks/" in msg
-    assert f"incomplete outputs: {TARGET}" in msg
+    assert f"incomplete outputs: {TRIAL}" in msg
     assert "-m disagglab recover phase14" in msg
     assert "LockException" not in msg and "IncompleteFilesException" not in msg
     assert alive_groups(pattern_entries(project.root, KILLED)) == orphans, "a refused run stops nothing"
@@ -110,7 +112,7 @@ def test_sigkill_leaves_orphans_the_next_run_names_them_and_recover_cleans_up(pr
     # One command cleans up, and says what it did.
     out = project.cli("recover", "phase14")
     assert f"{KILLED}: node1: stopped producer (pid {producer['pid']}, SIGTERM)" in out, out
-    assert "removed the stale Snakemake lock" in out and f"removed the incomplete marker of {TARGET}" in out
+    assert "removed the stale Snakemake lock" in out and f"removed the incomplete marker of {TRIAL}" in out
     assert alive_groups(ledger_entries(project.root)) == [], out
     assert not list((project.root / ".snakemake" / "locks").glob("*.lock"))
     assert not list((project.root / ".snakemake" / "incomplete").rglob("*"))
