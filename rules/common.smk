@@ -34,12 +34,6 @@ onstart:
     except InputError as exc:
         raise WorkflowError(str(exc))
 
-# One run per phase, and none on the leftovers of a killed run (see disagglab/guard.py).
-try:
-    check_phases()
-except RunRefused as exc:
-    raise WorkflowError(str(exc))
-
 # Jobs run in their own processes; they read the very configuration this DAG was built with.
 os.environ[ENV_VAR] = json.dumps(config, sort_keys=True)
 PYTHON = sys.executable
@@ -53,6 +47,12 @@ PHASES = Phases(PLANS_DIR, config)
 try:
     check_fault_environment(os.environ, PHASES.pattern_or_none, config["engine"])
 except FaultError as exc:
+    raise WorkflowError(str(exc))
+
+# One run per phase, and none on the leftovers of a killed run (see disagglab/guard.py).
+try:
+    check_phases()
+except RunRefused as exc:
     raise WorkflowError(str(exc))
 
 quarantine_corrupt_results()
