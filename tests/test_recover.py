@@ -21,7 +21,8 @@ import uuid
 from pathlib import Path
 
 import boto3
-from test_ssm import REGION, aws_env, moto_endpoint, node_env, online_node  # noqa: F401 - fixtures and helpers
+from moto_ssm import REGION, node_env
+from test_ssm import aws_env, moto_endpoint, online_node  # noqa: F401 - fixtures and helpers
 
 from disagglab import guard, leftovers, phaselock, runledger, snakestate
 from disagglab.executor import free_ports
