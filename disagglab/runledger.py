@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .hashing import atomic_write_json
+from .paths import safe_join
 
 if TYPE_CHECKING:
     from .orchestrate import PatternRun
@@ -142,7 +143,7 @@ class RunLedger:
             "runner": runner, "python": python, "cfg": cfg,
             "step": None, "step_procs": [],
         }
-        ledger = cls(ledger_dir(results_dir) / f"{pattern}.trial-{trial}.json", entry)
+        ledger = cls(safe_join(ledger_dir(results_dir), f"{pattern}.trial-{int(trial)}.json"), entry)
         ledger.write()
         return ledger
 
