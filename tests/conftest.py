@@ -28,15 +28,17 @@ class Project:
         full_env.pop("DISAGGLAB_CONFIG", None)
         return subprocess.run([SNAKEMAKE, *args], cwd=self.root, capture_output=True, text=True, timeout=timeout, env=full_env, check=False)
 
-    def cli(self, *args: str) -> str:
+    def cli(self, *args: str, env: dict[str, str] | None = None) -> str:
         """`python -m disagglab ...` in the project copy; returns stdout (asserts success)."""
-        out = subprocess.run([sys.executable, "-m", "disagglab", *args], cwd=self.root, capture_output=True, text=True, timeout=60, check=False)
+        full_env = {**os.environ, **(env or {})}
+        out = subprocess.run([sys.executable, "-m", "disagglab", *args], cwd=self.root, capture_output=True, text=True, timeout=60,
+                             check=False, env=full_env)
         assert out.returncode == 0, out.stdout + out.stderr
         return out.stdout
 
-    def dry_run_jobs(self, target: str) -> dict[str, list[dict[str, str]]]:
+    def dry_run_jobs(self, target: str, env: dict[str, str] | None = None) -> dict[str, list[dict[str, str]]]:
         """rule -> [{wildcards..., 'reason': ...}] from a real `snakemake -n`."""
-        out = self.snakemake("-n", target)
+        out = self.snakemake("-n", target, env=env)
         assert out.returncode == 0, out.stdout + out.stderr
         return parse_dry_run(out.stdout + out.stderr)
 

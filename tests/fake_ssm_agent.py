@@ -120,6 +120,12 @@ class Fault:
         return any(e["name"] == self.when and e.get("started_at", 0) >= since and not e.get("stopped_at") for e in entries)
 
 
+_CLAIMED: set[str] = set()
+"""Command ids some agent of this process has taken: moto's backend is process-global, so an
+agent of another test module (another moto server, same backend) must never run them again."""
+_CLAIM_LOCK = threading.Lock()
+
+
 @dataclass
 class FakeAgent:
     region: str
@@ -159,6 +165,10 @@ class FakeAgent:
                 if command.command_id in self.handled:
                     continue
                 self.handled.add(command.command_id)
+                with _CLAIM_LOCK:  # one execution per command in this process, as SSM runs an invocation once
+                    if command.command_id in _CLAIMED:
+                        continue
+                    _CLAIMED.add(command.command_id)
                 hidden = list(command.invocations)
                 if self.mode.startswith("hide:"):
                     command.invocations.clear()  # the InvocationDoesNotExist race

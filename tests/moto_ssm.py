@@ -51,6 +51,11 @@ def moto_server() -> Iterator[str]:
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     SimpleSystemManagerResponse.describe_instance_information = _describe_instance_information
+    # moto resolves a command without Targets to every EC2 instance it knows (an empty tag filter
+    # matches all), so a test that created instances made later commands run on them too. SSM
+    # sends a command with InstanceIds only to those instances.
+    original_targets = Command._get_instance_ids_from_targets
+    Command._get_instance_ids_from_targets = lambda self: original_targets(self) if self.targets else []
     previous_cancel = install_cancel_command()
     original = Command.invocation_response
     Command.invocation_response = _pending_invocation(original)
@@ -62,6 +67,7 @@ def moto_server() -> Iterator[str]:
     finally:
         server.stop()
         Command.invocation_response = original
+        Command._get_instance_ids_from_targets = original_targets
         if previous_cancel is None:
             del SimpleSystemManagerResponse.cancel_command
         else:

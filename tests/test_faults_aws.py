@@ -213,7 +213,7 @@ def test_the_faulted_layer_fails_but_every_other_pattern_completes(ssm_run) -> N
     assert [f.fired for f in ssm_run["faults"]] == [1, 1] and ssm_run["watch"].flipped
     lab.assert_nothing_left(ssm_run["agent"])
     snakemake_state_clean(lab.proj.root)
-    status = lab.proj.cli("status", "phase14")
+    status = lab.proj.cli("status", "phase14", env=lab.env())
     for pattern in SSM_FAILED:
         line = next(ln for ln in status.splitlines() if pattern in ln)
         record = lab.failure(pattern)
@@ -246,7 +246,7 @@ def test_each_ssm_fault_is_a_failure_record_and_its_servers_are_stopped(ssm_run,
 
 def test_the_next_run_retries_exactly_the_failed_patterns(ssm_run) -> None:
     lab = ssm_run["lab"]
-    jobs = lab.proj.dry_run_jobs("results/phase14/L0.done")
+    jobs = lab.proj.dry_run_jobs("results/phase14/L0.done", env=lab.env())
     assert sorted(j["pattern"] for j in jobs["run_trial"]) == sorted(SSM_FAILED)
     assert "deploy_pattern" not in jobs  # every deploy went through; its marker stands
 
@@ -393,7 +393,7 @@ def test_s3_stopped_mid_deploy_fails_only_that_pattern_and_the_rerun_completes(s
     snakemake_state_clean(proj.root)
 
     split_weed.start()  # SeaweedFS is back
-    jobs = proj.dry_run_jobs("results/phase14/L0.done")
+    jobs = proj.dry_run_jobs("results/phase14/L0.done", env=env)
     assert sorted(j["pattern"] for j in jobs["deploy_pattern"]) == sorted(S3_FAULTED)
     assert sorted(j["pattern"] for j in jobs["run_trial"]) == sorted(S3_FAULTED)
     out = proj.snakemake("results/phase14/L0.done", env=env)

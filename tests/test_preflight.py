@@ -222,7 +222,7 @@ def test_tcp_results_carry_the_pairs_preflight_measured_once(gated: Project) -> 
     reused = sorted(r["provenance"]["steps"]["preflight"]["reused"] for r in results.values())
     assert reused == [False, True], "the second tcp pattern on the pair reuses the marker"
     measured_by = marker["measured_by"]["pattern"]
-    initiator_log = gated.root / f"results/phase14/logs/{measured_by}/node2/logs/preflight-initiator.log"
+    initiator_log = gated.root / f"results/phase14/logs/{measured_by}/trial-1/node2/logs/preflight-initiator.log"
     assert "software emulation | tcp/lo" in initiator_log.read_text()
     plan = load_plan(gated.root / "plans/phase14.json")
     row = pattern_row(plan.pattern(TCP[0]), gated.root / "results/phase14")
