@@ -203,26 +203,43 @@ class Ledger:
         write_json(self.path, entries)
 
 
+GATE = 'read -r _ || exit 125; exec 0</dev/null; exec "$@"'
+"""sh script a spawned process passes first: the program runs only once the ledger names it."""
+
+
 def spawn(name: str, argv: list[str], env: dict[str, str], run_dir: Path, ledger: Ledger) -> subprocess.Popen[bytes]:
     """Start argv detached in its own session/process group, logging to logs/<name>.log."""
     log_path = run_dir / "logs" / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     inherited = {k: v for k, v in os.environ.items() if not k.startswith(RESERVED_ENV_PREFIXES)}
     full_env = {**inherited, **env}
+    # The child waits at a gate (its stdin) until its ledger entry is written: if this runner is
+    # killed in between, the gate reads EOF and the child exits before running anything, so no
+    # process can exist that `stop` does not know about.
+    if shutil.which(argv[0], path=full_env.get("PATH", os.defpath)) is None:
+        raise StepError(f"cannot start {name}: {argv[0]} is not an executable file (or not on PATH)", log_path)
+    gate_r, gate_w = os.pipe()
     with log_path.open("ab") as log:
         log.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {name}: {json.dumps(argv)}\n".encode())
         log.flush()
         try:
             proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                ["/bin/sh", "-c", GATE, name, *argv], stdin=gate_r, stdout=log, stderr=subprocess.STDOUT,
                 env=full_env, cwd=run_dir, start_new_session=True,
             )
         except OSError as exc:
+            os.close(gate_w)
             raise StepError(f"cannot start {name}: {exc}", log_path) from None
-    ledger.add({
-        "name": name, "pid": proc.pid, "pgid": proc.pid, "starttime": proc_starttime(proc.pid),
-        "argv": argv, "log": str(log_path), "started_at": time.time(),
-    })
+        finally:
+            os.close(gate_r)
+    try:
+        ledger.add({
+            "name": name, "pid": proc.pid, "pgid": proc.pid, "starttime": proc_starttime(proc.pid),
+            "argv": argv, "log": str(log_path), "started_at": time.time(),
+        })
+        os.write(gate_w, b"go\n")
+    finally:
+        os.close(gate_w)
     return proc
 
 

@@ -120,3 +120,54 @@ def test_local_storage_uploads_only_changed_bytes(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         st.put_file(src, "../outside")
     assert os.listdir(tmp_path / "store" / "phase1") == ["f.txt"]
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text.encode() in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def _runner_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("task_runner_under_test", RUNNER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_process_runs_only_after_its_ledger_entry_is_written(tmp_path: Path) -> None:
+    """A runner killed between starting a child and recording it leaves no process `stop` cannot find."""
+    runner = _runner_module()
+    marker = tmp_path / "ran"
+    argv = [sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"]
+
+    class BrokenLedger:
+        def add(self, entry: dict) -> None:
+            raise OSError("disk full")  # stands for the runner dying before the entry is on disk
+
+    with pytest.raises(OSError, match="disk full"):
+        runner.spawn("victim", argv, {}, tmp_path, BrokenLedger())
+    deadline = time.monotonic() + 10
+    while _processes_mentioning(str(marker)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _processes_mentioning(str(marker)) == [], "the gated child must exit on its own"
+    assert not marker.exists(), "the program must never run without a ledger entry"
+
+    recorded: list[dict] = []
+
+    class Ledger:
+        def add(self, entry: dict) -> None:
+            recorded.append(entry)
+
+    proc = runner.spawn("fine", argv, {}, tmp_path, Ledger())
+    assert proc.wait(timeout=30) == 0 and marker.exists()
+    assert recorded[0]["pid"] == proc.pid == recorded[0]["pgid"] and recorded[0]["argv"] == argv
+    with pytest.raises(runner.StepError, match="not an executable file"):
+        runner.spawn("missing", ["/nonexistent/vllm", "serve"], {}, tmp_path, Ledger())
