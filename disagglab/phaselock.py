@@ -1,4 +1,4 @@
-"""One pipeline run per phase: an flock on `results/.locks/<phase>.lock`, with a record of the holder.
+"""One pipeline run per phase: an flock on `.snakemake/disagglab-locks/<phase>.lock`, with a record of the holder.
 
 Snakemake's own directory lock only says "Directory cannot be locked" and who holds it is
 left to guess; and since it locks the files of a DAG, it does not stop two runs whose DAGs
@@ -22,9 +22,9 @@ from typing import Any
 
 from .runledger import alive, fmt_time, proc_starttime
 
-LOCK_DIR = ".locks"
-"""Beside the phase folders, not in them: a refused run (bad target, bad fault variable) leaves
-no results/<phase>/ behind, as before."""
+LOCK_DIR = Path(".snakemake") / "disagglab-locks"
+"""Run state beside Snakemake's own, never under results/: a refused run (bad config, target or
+fault variable, or a bucket that does not resolve at onstart) leaves nothing under results/."""
 _held: dict[str, int] = {}
 """Resolved lock path -> open descriptor, for this process's lifetime."""
 
@@ -34,8 +34,8 @@ class PhaseBusy(Exception):
 
 
 def lock_path(results_dir: Path) -> Path:
-    """results/<phase> -> results/.locks/<phase>.lock"""
-    return Path(results_dir).parent / LOCK_DIR / f"{Path(results_dir).name}.lock"
+    """results/<phase> -> .snakemake/disagglab-locks/<phase>.lock (relative to the working folder of results/)"""
+    return Path(results_dir).parent.parent / LOCK_DIR / f"{Path(results_dir).name}.lock"
 
 
 def holder(results_dir: Path) -> dict[str, Any] | None:

@@ -82,7 +82,7 @@ def test_same_phase_is_refused_other_phases_run_side_by_side_and_mlflow_stays_in
     assert b["started_at"] < a["finished_at"], "the two phases ran side by side"
     assert alive_groups(ledger_entries(project.root)) == []
     assert not list((project.root / ".snakemake" / "locks").glob("*.lock"))
-    assert all((project.root / "results" / ".locks" / f"{ph}.lock").read_text() == "" for ph in ("phase14", "phase15"))
+    assert all((project.root / ".snakemake" / "disagglab-locks" / f"{ph}.lock").read_text() == "" for ph in ("phase14", "phase15"))
 
     # MLflow: four processes released at once, two per phase, one sqlite store.
     results = project.root / "results"
