@@ -19,7 +19,7 @@ from typing import Any
 from .errors import PlanError, Problem
 from .jsonpath import format_path
 from .paths import SCHEMA_DIR
-from .schemacheck import strict_validator
+from .schemacheck import schema_problems, strict_validator
 
 BACKENDS = ("unified", "tcp", "efa")
 DISAGGREGATED = ("tcp", "efa")
@@ -108,38 +108,7 @@ def _validator() -> Any:
 
 
 def _schema_problems(doc: Any, file: str) -> list[Problem]:
-    problems = []
-    for err in sorted(_validator().iter_errors(doc), key=lambda e: (list(map(str, e.absolute_path)), e.message)):
-        path = list(err.absolute_path)
-        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
-            allowed = set(err.schema.get("properties", {}))
-            for key in sorted(k for k in err.instance if k not in allowed):
-                problems.append(Problem(file, format_path([*path, key]), f"unknown key {key!r} (allowed: {', '.join(sorted(allowed))})"))
-            continue
-        if err.validator == "required":
-            missing = re.findall(r"'([^']+)' is a required property", err.message)
-            key = missing[0] if missing else "?"
-            problems.append(Problem(file, format_path([*path, key]), "required key is missing"))
-            continue
-        if err.validator == "type":
-            problems.append(Problem(file, format_path(path), f"expected {err.validator_value}, got {_json_type(err.instance)} {json.dumps(err.instance)[:60]}"))
-            continue
-        problems.append(Problem(file, format_path(path), err.message))
-    return problems
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if value is None:
-        return "null"
-    return "array" if isinstance(value, list) else "object"
+    return schema_problems(_validator(), doc, file)
 
 
 def _cross_field_problems(doc: dict[str, Any], file: str, stem: str) -> list[Problem]:
