@@ -21,11 +21,10 @@ import uuid
 from pathlib import Path
 
 import boto3
-from moto_ssm import REGION, node_env
+from moto_ssm import REGION, node_env, use_fake_ssm_nodes
 from test_ssm import aws_env, moto_endpoint, online_node  # noqa: F401 - fixtures and helpers
 
 from disagglab import guard, leftovers, phaselock, runledger, snakestate
-from disagglab.executor import free_ports
 from disagglab.hashing import sha256_file
 
 from conftest import SNAKEMAKE, Project, alive_groups, ledger_entries, make_project
@@ -166,17 +165,7 @@ def test_sigkill_on_ssm_nodes_recover_stops_the_orphans_through_the_ssm_stop_ste
     the refusal names the instances, and `recover` stops the servers with SSM `stop` commands."""
     proj = make_project(tmp_path / "proj", time_scale=1.0)
     ids = [online_node("node1").instance_id, online_node("node2").instance_id]
-    cfg_path = proj.root / "config/config.yaml"
-    ports = dict(zip(["unified_port", "producer_port", "consumer_port", "proxy_port", "producer_side_channel_port", "consumer_side_channel_port"],
-                     free_ports("127.0.0.1", 6), strict=True))
-    text = cfg_path.read_text().replace("executor: local\n", "executor: ssm\n").replace("storage: local\n", "storage: s3\n")
-    text = text.replace("node_root: /opt/disagglab", f"node_root: {tmp_path}/noderoot").replace("max_attempts: 8", "max_attempts: 1")
-    for name, port in ports.items():
-        text = text.replace(f"    {name}: ", f"    {name}: {port} #", 1)
-    cfg_path.write_text(text)
-    plan = proj.plan("phase14")
-    plan["infrastructure"]["venv_path"] = str(Path(sys.executable).parent.parent)
-    proj.write_plan("phase14", plan)
+    use_fake_ssm_nodes(proj, tmp_path / "noderoot")
     bucket = seaweed.create_bucket(f"ssm-kill-{uuid.uuid4().hex[:6]}")
     env = {**os.environ, **aws_env, "SCRIPTS_BUCKET": bucket, "NODE1_ID": ids[0], "NODE2_ID": ids[1],
            "NODE1_PRIVATE": "127.0.0.1", "NODE2_PRIVATE": "127.0.0.1"}

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import boto3
 import pytest
-from moto_ssm import ONLINE, REGION, moto_server, node_env
+from moto_ssm import ONLINE, REGION, moto_server, node_env, use_fake_ssm_nodes
 
 from disagglab import aws
 from disagglab.config import load_config_file
 from disagglab.errors import ConfigError
-from disagglab.executor import free_ports
 from disagglab.hashing import sha256_file
 from disagglab.ssm import SsmTransport, build_script
 from disagglab.storage import S3Storage
@@ -243,16 +242,8 @@ def test_a_layer_runs_through_ssm_and_s3(aws_env, seaweed, tmp_path) -> None:
     """executor: ssm + storage: s3, end to end; the fake agent plays both nodes on 127.0.0.1."""
     proj: Project = make_project(tmp_path / "proj")
     ids = [online_node("node1").instance_id, online_node("node2").instance_id]
-    cfg_path = proj.root / "config/config.yaml"
-    ports = dict(zip(["unified_port", "producer_port", "consumer_port", "proxy_port", "producer_side_channel_port", "consumer_side_channel_port",
-                      "preflight_port"], free_ports("127.0.0.1", 7), strict=True))
-    text = cfg_path.read_text().replace("executor: local\n", "executor: ssm\n").replace("storage: local\n", "storage: s3\n")
-    text = text.replace("node_root: /opt/disagglab", f"node_root: {tmp_path}/noderoot").replace("max_attempts: 8", "max_attempts: 1")
-    for name, port in ports.items():
-        text = text.replace(f"    {name}: ", f"    {name}: {port} #", 1)
-    cfg_path.write_text(text)
+    use_fake_ssm_nodes(proj, tmp_path / "noderoot")
     plan = proj.plan("phase14")
-    plan["infrastructure"]["venv_path"] = str(Path(sys.executable).parent.parent)
     plan["layers"] = [{**plan["layers"][0], "patterns": plan["layers"][0]["patterns"][:2]}]  # unified + tcp at 1k
     proj.write_plan("phase14", plan)
     bucket = seaweed.create_bucket(f"ssm-layer-{uuid.uuid4().hex[:6]}")
