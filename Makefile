@@ -50,7 +50,7 @@ $(TINY_MODEL)/MANIFEST.json: tools/make_tiny_model.py $(VLLM_VENV)/.installed
 
 # Every `vllm serve` command line of the plans, checked by vLLM's own parser (no GPU).
 check-vllm-flags: setup $(ARGCHECK_VENV)/.installed
-	$(VENV)/bin/python -m disagglab.flagcheck --python $(ARGCHECK_VENV)/bin/python $(PLANS)
+	$(VENV)/bin/python -m disagglab.tasks.flagcheck --python $(ARGCHECK_VENV)/bin/python $(PLANS)
 
 $(ARGCHECK_VENV)/.installed: tools/setup_vllm_argcheck.sh
 	PYTHON=$(PYTHON) bash tools/setup_vllm_argcheck.sh $(ARGCHECK_VERSION) $(ARGCHECK_VENV)

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError, Problem
+from disagglab.errors import ConfigError, Problem
 
 SEED_VARS = ("SCRIPTS_BUCKET", "NODE1_ID", "NODE2_ID", "NODE1_PRIVATE", "NODE2_PRIVATE")
 

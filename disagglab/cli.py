@@ -10,20 +10,20 @@ import sys
 import time
 from pathlib import Path
 
-from .config import current_config
-from .errors import InputError
-from .hashing import atomic_write_bytes, atomic_write_json
-from .paths import PLANS_DIR
+from disagglab.errors import InputError
+from disagglab.hashing import atomic_write_bytes, atomic_write_json
+from disagglab.paths import PLANS_DIR
+from disagglab.plan.config import current_config
 
 
 def _phases():
-    from .workflow import Phases
+    from disagglab.tasks.dag import Phases
 
     return Phases(PLANS_DIR, current_config())
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .plan import load_plan
+    from disagglab.plan.model import load_plan
 
     bad = 0
     for path in args.plans:
@@ -40,9 +40,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     """The configuration Snakemake would use (config/config.yaml + --configfile files), its
     environment (SCRIPTS_BUCKET, NODE*, region) and, with storage s3, where the bucket comes from."""
-    from .config import load_sources, merge, validate_config
-    from .config_checks import check_discovery, check_environment
-    from .paths import CONFIG_DIR
+    from disagglab.paths import CONFIG_DIR
+    from disagglab.plan.config import load_sources, merge, validate_config
+    from disagglab.plan.config_checks import check_discovery, check_environment
 
     sources = load_sources([CONFIG_DIR / "config.yaml", *args.configfile])
     cfg = validate_config(merge(sources), "config", sources)
@@ -60,7 +60,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def _edited_tasks(phases, args: argparse.Namespace) -> list[str]:
     """Task files whose bytes are not what the plan renders (edited by hand): never deployed."""
-    from .hashing import sha256_file
+    from disagglab.hashing import sha256_file
 
     edited = []
     for task in map(Path, args.tasks):
@@ -74,10 +74,10 @@ def _edited_tasks(phases, args: argparse.Namespace) -> list[str]:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from .deploy import DeployFailed, deploy_failure_record, deploy_pattern
-    from .nodefiles import files_for_pattern, node_file_digests
-    from .results import write_failure
-    from .storage import open_storage
+    from disagglab.deploy.step import DeployFailed, deploy_failure_record, deploy_pattern
+    from disagglab.deploy.storage import open_storage
+    from disagglab.results.records import write_failure
+    from disagglab.tasks.nodefiles import files_for_pattern, node_file_digests
 
     phases = _phases()
     pattern = phases.pattern(args.phase, args.pattern)
@@ -99,9 +99,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_run_pattern(args: argparse.Namespace) -> int:
-    from .executor import open_executor
-    from .orchestrate import PatternRun
-    from .runledger import stop_when_orphaned
+    from disagglab.run.fleet import open_executor
+    from disagglab.run.ledger import stop_when_orphaned
+    from disagglab.run.trial import PatternRun
 
     phases = _phases()
     cfg = phases.cfg
@@ -121,7 +121,7 @@ def cmd_run_pattern(args: argparse.Namespace) -> int:
     try:
         written = run.run()
     except KeyboardInterrupt:  # stopped cleanly, failure record written: leave Snakemake no incomplete marker
-        from .snakestate import withdraw_incomplete_marker
+        from disagglab.guard.snakestate import withdraw_incomplete_marker
 
         withdraw_incomplete_marker(output)
         raise
@@ -132,9 +132,9 @@ def cmd_run_pattern(args: argparse.Namespace) -> int:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
-    from .results import quarantined
-    from .trials import aggregate_files
-    from .workflow import AGGREGATED
+    from disagglab.results.fold import aggregate_files
+    from disagglab.results.records import quarantined
+    from disagglab.tasks.dag import AGGREGATED
 
     trials = [Path(t) for t in args.trials]
     markers = {t.parent / AGGREGATED for t in trials}
@@ -148,7 +148,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 
 
 def cmd_layer_done(args: argparse.Namespace) -> int:
-    from .results import layer_marker
+    from disagglab.results.records import layer_marker
 
     phases = _phases()
     paths = {pid: Path(p) for pid, p in zip(phases.plan(args.phase).layer(args.layer).pattern_ids, phases.layer_results(args.phase, args.layer), strict=True)}
@@ -163,7 +163,7 @@ def cmd_phase_done(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare, text_lines, write_html
+    from disagglab.report.phases import compare, text_lines, write_html
 
     threshold = args.threshold if args.threshold is not None else current_config()["compare"]["threshold_pct"]
     result = compare(Path("results") / args.phase_a, Path("results") / args.phase_b, threshold)
@@ -174,14 +174,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from .report import write_summary
+    from disagglab.report.document import write_summary
 
     write_summary(_phases().plan(args.phase), Path("results") / args.phase, Path(args.output))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from disagglab.report.document import write_report
 
     plots = write_report(_phases().plan(args.phase), Path("results") / args.phase, Path(args.html), Path(args.md), Path(args.plots))
     print(f"report {args.html}: {len(plots)} plots", file=sys.stderr)
@@ -189,8 +189,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_track(args: argparse.Namespace) -> int:
-    from . import tracking
-    from .results import git_revision
+    from disagglab.report import tracking
+    from disagglab.results.records import git_revision
 
     plan = _phases().plan(args.phase)
     summary = tracking.log_phase(plan, Path("results") / args.phase, tracking.tracking_uri(Path("results")), git_revision())
@@ -201,7 +201,7 @@ def cmd_track(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .status import list_lines
+    from disagglab.results.status import list_lines
 
     phases = _phases()
     if args.phase:
@@ -220,7 +220,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .status import leftover_note, phase_status, status_json, status_lines
+    from disagglab.results.status import leftover_note, phase_status, status_json, status_lines
 
     plan = _phases().plan(args.phase)
     try:
@@ -238,8 +238,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from .config import merged_config
-    from .estimate import estimate, markdown
+    from disagglab.estimate.table import estimate, markdown
+    from disagglab.plan.config import merged_config
 
     cfg = merged_config(args.configfile) if args.configfile else current_config()
     plan = _phases().plan(args.phase)
@@ -255,7 +255,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
-    from .recover import RecoverRefused, recover
+    from disagglab.guard.recover import RecoverRefused, recover
 
     if not re.fullmatch(r"phase[0-9]+", args.phase):
         print(f"recover: {args.phase!r} is not a phase name (e.g. phase14)", file=sys.stderr)

@@ -7,13 +7,13 @@ from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)
 
-from disagglab.config import ENV_VAR, load_sources, validate_config
-from disagglab.config_checks import check_discovery, check_environment
+from disagglab.plan.config import ENV_VAR, load_sources, validate_config
+from disagglab.plan.config_checks import check_discovery, check_environment
 from disagglab.errors import InputError
-from disagglab.faults import FaultError, check_environment as check_fault_environment
-from disagglab.guard import RunRefused, check_phases, forward_sigterm
+from disagglab.plan.faults import FaultError, check_environment as check_fault_environment
+from disagglab.guard.startup import RunRefused, check_phases, forward_sigterm
 from disagglab.paths import PLANS_DIR
-from disagglab.workflow import Phases, quarantine_corrupt_results, sweep_deleted_results, sweep_stale_layer_markers
+from disagglab.tasks.dag import Phases, quarantine_corrupt_results, sweep_deleted_results, sweep_stale_layer_markers
 
 try:
     # Each problem names the file (or --config) that set the offending value.

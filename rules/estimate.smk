@@ -4,7 +4,7 @@
 
 
 def get_estimate_fingerprint(wildcards):
-    from disagglab.estimate import fingerprint
+    from disagglab.estimate.table import fingerprint
 
     plan = _plan_call(PHASES.plan, wildcards.phase)
     return _plan_call(fingerprint, plan, config, PHASES)

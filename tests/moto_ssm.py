@@ -88,7 +88,7 @@ def use_fake_ssm_nodes(proj, node_root: Path) -> None:
     """Point a project copy at SSM + S3 with both fake nodes on 127.0.0.1: free ports for every
     fixed node port (two tests at once never collide), node folders under node_root, one API
     attempt (a fault is seen at once), and the plan's venv_path on this interpreter's venv."""
-    from disagglab.executor import free_ports
+    from disagglab.run.fleet import free_ports
 
     cfg_path = proj.root / "config/config.yaml"
     text = cfg_path.read_text().replace("executor: local\n", "executor: ssm\n").replace("storage: local\n", "storage: s3\n")

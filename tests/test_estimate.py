@@ -15,10 +15,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from disagglab import estimate_model as em
-from disagglab.config import load_config_file
-from disagglab.estimate import trials_to_run
-from disagglab.workflow import Phases
+from disagglab.estimate.table import model as em
+from disagglab.estimate.table import trials_to_run
+from disagglab.plan.config import load_config_file
+from disagglab.tasks.dag import Phases
 
 from conftest import Project, make_project
 
@@ -173,8 +173,8 @@ def test_aws_estimate_counts_instance_hours_and_dollars(tmp_path: Path) -> None:
 
 def test_calibration_recovers_a_slower_engine_and_its_overheads() -> None:
     """Results made by a known truth (real vLLM 2x slower than its prior, other overheads) are fitted back."""
-    from disagglab.estimate import Fit, Observation, _overheads, calibrate, timing_for, trial_time
-    from disagglab.plan import load_plan
+    from disagglab.estimate.table import Fit, Observation, _overheads, calibrate, timing_for, trial_time
+    from disagglab.plan.model import load_plan
 
     from conftest import ROOT
 

@@ -199,7 +199,7 @@ def test_a_bad_faults_variable_stops_the_run_before_any_job(project: Project) ->
     ("{nope", "DISAGGLAB_FAULTS: not JSON"),
 ])
 def test_faults_variable_is_validated_loudly(value: str, message: str) -> None:
-    from disagglab import faults
+    from disagglab.plan.model import faults
 
     with pytest.raises(faults.FaultError) as err:
         faults.check_environment({"DISAGGLAB_FAULTS": value}, lambda _pid: None, "sim")
@@ -207,8 +207,7 @@ def test_faults_variable_is_validated_loudly(value: str, message: str) -> None:
 
 
 def test_server_faults_need_the_stand_in_and_the_old_blanket_variable_is_refused() -> None:
-    from disagglab import faults
-    from disagglab.plan import load_plan
+    from disagglab.plan.model import faults, load_plan
 
     plan = load_plan(ROOT / "plans/phase14.json")
     with pytest.raises(faults.FaultError, match="server faults exist only in the stand-in"):
@@ -224,7 +223,7 @@ def test_server_faults_need_the_stand_in_and_the_old_blanket_variable_is_refused
 
 def test_a_plan_cannot_set_fault_variables(tmp_path: Path) -> None:
     from disagglab.errors import PlanError
-    from disagglab.plan import load_plan
+    from disagglab.plan.model import load_plan
 
     doc = json.loads((ROOT / "plans/phase14.json").read_text())
     doc["common_settings"]["env"] = {"DISAGG_SIM_FAULT": "crash_after=1"}
@@ -241,8 +240,8 @@ def test_a_plan_cannot_set_fault_variables(tmp_path: Path) -> None:
 def test_configuration_cannot_set_fault_variables() -> None:
     import yaml
 
-    from disagglab.config import validate_config
     from disagglab.errors import ConfigError
+    from disagglab.plan.config import validate_config
 
     cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     cfg["transports"]["tcp"]["env"]["DISAGG_SIM_FAULT"] = "crash_after=1"
@@ -284,8 +283,8 @@ def test_over_ssm_a_fault_travels_as_a_quoted_runner_argument_not_as_environment
     """On AWS the node does not share our environment: the SSM script carries the fault as an argument."""
     import shlex
 
-    from disagglab import faults
-    from disagglab.ssm import Bootstrap, build_script
+    from disagglab.plan.model import faults
+    from disagglab.run.ssm import Bootstrap, build_script
 
     args = ["bench", "--node-dir", "/opt/disagglab/phase14", *faults.step_args({"proxy": "kill_after_s=1.5", "consumer": "crash_after=3"},
                                                                                 ["proxy", "benchmark"])]

@@ -106,7 +106,7 @@ class SsmLab:
                 ONLINE[iid] = "Online"
         pairs = "".join(f"    - node1: {{instance_id: {a}, address: 127.0.0.1}}\n      node2: {{instance_id: {b}, address: 127.0.0.1}}\n"
                         for a, b in self.ids)
-        from disagglab.executor import free_ports
+        from disagglab.run.fleet import free_ports
 
         ports = free_ports("127.0.0.1", 5)
         edit_config(
@@ -408,8 +408,8 @@ def test_s3_stopped_mid_deploy_fails_only_that_pattern_and_the_rerun_completes(s
 
 def test_exit_137_is_told_apart_by_how_long_the_step_ran() -> None:
     """The agent reports TimedOut + 137 both when its timer fires and when the step was SIGKILLed."""
-    from disagglab.ssm import describe_failure, elapsed_seconds
-    from disagglab.transport import Node
+    from disagglab.run.ssm import describe_failure, elapsed_seconds
+    from disagglab.run.transport import Node
 
     assert elapsed_seconds("PT0.083S") == pytest.approx(0.083)
     assert elapsed_seconds("PT1H2M3.5S") == pytest.approx(3723.5)

@@ -14,10 +14,10 @@ import sys
 
 import pytest
 
-from disagglab.config import load_config_file
-from disagglab.flagcheck import node_config, serve_cases
 from disagglab.paths import PLANS_DIR
-from disagglab.plan import load_plan
+from disagglab.plan.config import load_config_file
+from disagglab.plan.model import load_plan
+from disagglab.tasks.flagcheck import node_config, serve_cases
 
 from conftest import ROOT, Project
 
@@ -39,7 +39,7 @@ def flagcheck(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
     if not (project.root / "tools").exists():
         shutil.copytree(ROOT / "tools", project.root / "tools")
     env = {k: v for k, v in os.environ.items() if k != "DISAGGLAB_CONFIG"}
-    return subprocess.run([sys.executable, "-m", "disagglab.flagcheck", "--python", str(ARGCHECK_PYTHON), *args],
+    return subprocess.run([sys.executable, "-m", "disagglab.tasks.flagcheck", "--python", str(ARGCHECK_PYTHON), *args],
                           cwd=project.root, capture_output=True, text=True, timeout=600, check=False, env=env)
 
 

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import yaml
 
-from disagglab import local_vllm
-from disagglab.config import load_config_file, validate_config
 from disagglab.paths import CONFIG_DIR, PLANS_DIR, ROOT
-from disagglab.plan import load_plan
-from disagglab.render import render_task
+from disagglab.plan.config import load_config_file, validate_config
+from disagglab.plan.model import load_plan, local_vllm
+from disagglab.tasks.render import render_task
 
 from conftest import Project, alive_groups, ledger_entries
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from disagglab import preflight
-from disagglab.config import load_config_file
-from disagglab.executor import free_ports
-from disagglab.plan import load_plan
-from disagglab.report_rows import pattern_row
+from disagglab.plan.config import load_config_file
+from disagglab.plan.model import load_plan
+from disagglab.report.rows import pattern_row
+from disagglab.run import preflight
+from disagglab.run.fleet import free_ports
 
 from conftest import ROOT, Project, alive_groups, ledger_entries, make_project
 

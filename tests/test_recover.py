@@ -24,8 +24,10 @@ import boto3
 from moto_ssm import REGION, node_env, use_fake_ssm_nodes
 from test_ssm import aws_env, moto_endpoint, online_node  # noqa: F401 - fixtures and helpers
 
-from disagglab import guard, leftovers, phaselock, runledger, snakestate
+from disagglab.guard.startup import leftovers, phaselock, snakestate
+from disagglab.guard.startup import startup as guard
 from disagglab.hashing import sha256_file
+from disagglab.run import ledger as runledger
 
 from conftest import SNAKEMAKE, Project, alive_groups, ledger_entries, make_project
 from fake_ssm_agent import FakeAgent
@@ -220,7 +222,7 @@ def test_the_guard_reads_snakemakes_own_command_line() -> None:
 
 PARENT = """
 import os, subprocess, sys, time
-from disagglab import runledger
+from disagglab.run import ledger as runledger
 os.environ[runledger.OWNER_ENV] = runledger.identity_text(runledger.identity())
 child = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]])
 print(child.pid, flush=True)
@@ -229,7 +231,7 @@ time.sleep(600)
 CHILD = """
 import signal, sys, time
 from pathlib import Path
-from disagglab import runledger
+from disagglab.run import ledger as runledger
 def on_term(signum, frame):
     Path(sys.argv[1]).write_text("SIGTERM")
     sys.exit(0)

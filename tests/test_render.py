@@ -9,10 +9,10 @@ import json
 import jinja2
 import pytest
 
-from disagglab.config import load_config_file
 from disagglab.paths import PLANS_DIR
-from disagglab.plan import auto_max_model_len, load_plan
-from disagglab.render import BINDINGS, render_task
+from disagglab.plan.config import load_config_file
+from disagglab.plan.model import auto_max_model_len, load_plan
+from disagglab.tasks.render import BINDINGS, render_task
 
 CFG = load_config_file()
 PLAN = load_plan(PLANS_DIR / "phase14.json")
@@ -118,7 +118,7 @@ def test_every_runtime_token_is_known() -> None:
 def test_wrong_role_and_undefined_variables_are_errors(tmp_path, monkeypatch) -> None:
     with pytest.raises(ValueError, match="has no role 'producer'"):
         render_task(PLAN.pattern("p14-unified-1k-c1"), "producer", "phase14", CFG)
-    from disagglab import render
+    from disagglab.tasks import render
 
     monkeypatch.setattr(render, "TEMPLATE_DIR", tmp_path)
     render._env.cache_clear()

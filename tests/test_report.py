@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from disagglab.plan import Plan, load_plan
-from disagglab.report import PLOT_NAMES, SIM_BANNER, write_report, write_summary
+from disagglab.plan.model import Plan, load_plan
+from disagglab.report.document import PLOT_NAMES, SIM_BANNER, write_report, write_summary
 
 from conftest import Project, alive_groups, ledger_entries, make_project
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from disagglab.storage import S3Storage, StorageError
+from disagglab.deploy.storage import S3Storage, StorageError
 
 from conftest import ROOT, Project, alive_groups, ledger_entries, make_project
 

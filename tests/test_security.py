@@ -67,8 +67,8 @@ def _set(doc: dict, path: list, value) -> None:
 
 @pytest.mark.parametrize(("path", "valid"), PLAN_FIELDS, ids=[".".join(map(str, p)) for p, _ in PLAN_FIELDS])
 def test_metacharacters_in_plan_values_that_reach_a_command_line_are_refused(tmp_path: Path, path: list, valid: str) -> None:
-    from disagglab.jsonpath import format_path
-    from disagglab.plan import validate_document
+    from disagglab.plan.jsonpath import format_path
+    from disagglab.plan.model import validate_document
 
     base = json.loads((ROOT / "plans/phase14.json").read_text())
     assert validate_document(base, "plans/phase14.json", "phase14") == []
@@ -82,9 +82,9 @@ def test_metacharacters_in_plan_values_that_reach_a_command_line_are_refused(tmp
 
 def test_config_values_arrive_verbatim_in_rendered_tasks(tmp_path: Path) -> None:
     """local_vllm paths and env values are free strings: they become argv and env entries, whole."""
-    from disagglab.config import load_config_file, validate_config
-    from disagglab.plan import load_plan
-    from disagglab.render import render_task
+    from disagglab.plan.config import load_config_file, validate_config
+    from disagglab.plan.model import load_plan
+    from disagglab.tasks.render import render_task
 
     *values, ifs = evil(tmp_path, "render")
     cfg = load_config_file()
@@ -114,7 +114,7 @@ def test_ssm_script_passes_every_value_verbatim_under_bash(tmp_path: Path) -> No
     """build_script run for real: node dir, python path, bucket, key, region and every argument
     are full of metacharacters; the runner gets each value unchanged and nothing else runs."""
     from disagglab.hashing import sha256_file
-    from disagglab.ssm import Bootstrap, build_script
+    from disagglab.run.ssm import Bootstrap, build_script
 
     sentinels = tmp_path / "sentinels"
     sentinels.mkdir()
@@ -144,9 +144,9 @@ ESCAPES = ["..", "../x", "p14-../../etc", "/etc/passwd", "p14-x\n", "p14-\u0445"
 
 @pytest.mark.parametrize("bad", ESCAPES, ids=[repr(b) for b in ESCAPES])
 def test_pattern_and_layer_ids_that_could_escape_are_refused(bad: str) -> None:
+    from disagglab.deploy.storage import LocalStorage, check_key
     from disagglab.paths import UnsafeName, phase_key, safe_join, safe_segment
-    from disagglab.plan import validate_document
-    from disagglab.storage import LocalStorage, check_key
+    from disagglab.plan.model import validate_document
 
     doc = json.loads((ROOT / "plans/phase14.json").read_text())
     doc["layers"][0]["patterns"][0]["id"] = bad
@@ -167,8 +167,8 @@ def test_pattern_and_layer_ids_that_could_escape_are_refused(bad: str) -> None:
 
 
 def test_key_and_path_joins_stay_inside(tmp_path: Path) -> None:
+    from disagglab.deploy.storage import LocalStorage, S3Storage
     from disagglab.paths import UnsafeName, phase_key, safe_join
-    from disagglab.storage import LocalStorage, S3Storage
 
     assert phase_key("phase14", "tasks/p14-a-1k-c1/unified.json") == "phase14/tasks/p14-a-1k-c1/unified.json"
     with pytest.raises(UnsafeName):  # an id is one segment: no '/' inside it
@@ -356,7 +356,7 @@ def test_no_secret_in_ssm_command_text(monkeypatch, aws_env, seaweed, tmp_path: 
     import boto3
     from test_ssm import REGION, deploy_runner, node_env, online_node, transport
 
-    from disagglab.storage import S3Storage
+    from disagglab.deploy.storage import S3Storage
 
     from fake_ssm_agent import FakeAgent
 

@@ -14,12 +14,12 @@ import pytest
 from moto_ssm import ONLINE, REGION, moto_server, node_env, use_fake_ssm_nodes
 
 from disagglab import aws
-from disagglab.config import load_config_file
+from disagglab.deploy.storage import S3Storage
 from disagglab.errors import ConfigError
 from disagglab.hashing import sha256_file
-from disagglab.ssm import SsmTransport, build_script
-from disagglab.storage import S3Storage
-from disagglab.transport import Node
+from disagglab.plan.config import load_config_file
+from disagglab.run.ssm import SsmTransport, build_script
+from disagglab.run.transport import Node
 
 from conftest import ROOT, Project, alive_groups, ledger_entries, make_project
 from fake_ssm_agent import FakeAgent
@@ -94,7 +94,7 @@ def test_a_step_is_sent_as_bash_and_runs_for_real(aws_env, storage, tmp_path) ->
 def test_shell_metacharacters_in_arguments_never_execute(aws_env, storage, tmp_path) -> None:
     boot_dir = tmp_path / "x"
     evil = f"$(touch {boot_dir}/pwned); `touch {boot_dir}/pwned2`; echo hi > {boot_dir}/pwned3"
-    from disagglab.ssm import Bootstrap
+    from disagglab.run.ssm import Bootstrap
 
     script = build_script(str(tmp_path / "root" / "phase1"), Bootstrap("b", "k", "0" * 64, "/nonexistent/python"), ["stop", "--pattern", evil], None)
     boot_dir.mkdir()
@@ -272,7 +272,7 @@ def test_a_layer_runs_through_ssm_and_s3(aws_env, seaweed, tmp_path) -> None:
 
 def test_a_pair_that_failed_health_is_not_leased_again_in_the_same_run(tmp_path, monkeypatch) -> None:
     from disagglab.aws import NodeSpec, PairSpec
-    from disagglab.executor import Executor
+    from disagglab.run.fleet import Executor
 
     monkeypatch.chdir(tmp_path)
     cfg = _cfg()

@@ -108,7 +108,7 @@ def test_stop_rejects_bad_pattern_ids(tmp_path: Path, bad: str) -> None:
 
 
 def test_local_storage_uploads_only_changed_bytes(tmp_path: Path) -> None:
-    from disagglab.storage import LocalStorage
+    from disagglab.deploy.storage import LocalStorage
 
     src = tmp_path / "f.txt"
     src.write_text("a")

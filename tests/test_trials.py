@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from disagglab.report_compare import Best, Ratio
-from disagglab.trials import aggregate, intervals_overlap, summarize, t_cdf, t_critical
+from disagglab.report.backends import Best, Ratio
+from disagglab.results.fold import aggregate, intervals_overlap, summarize, t_cdf, t_critical
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,257 @@
+"""The experiment plan: loading, validation and the effective spec of each pattern.
+
+The JSON Schema in config/schemas/plan.schema.json is the single source of the plan's
+structure; this module adds the rules a schema cannot say (uniqueness, id prefixes,
+cross-field bounds) and reports every problem of a file at once, each with the file,
+the JSON path and the reason, because a user fixing a plan wants the whole list.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from disagglab.errors import PlanError, Problem
+from disagglab.paths import SCHEMA_DIR
+from disagglab.plan.jsonpath import format_path
+from disagglab.plan.schema import schema_problems, strict_validator
+
+BACKENDS = ("unified", "tcp", "efa")
+DISAGGREGATED = ("tcp", "efa")
+PATTERN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
+# A Hugging Face id is org/name with a restricted alphabet; a local model is an absolute path.
+MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+ABS_PATH_RE = re.compile(r"^(/[A-Za-z0-9._+-]+)+/?$")
+# Keys a pattern may override from common_settings (the seed's "Pattern Fields" table).
+OVERRIDABLE = ("prefix_cache", "gpu_memory_utilization", "max_num_batched_tokens", "measurement_type")
+MAX_MODEL_LEN_ROUNDING = 1024
+
+
+def auto_max_model_len(prompt_tokens: int, max_tokens: int) -> int:
+    """max_model_len when a pattern does not set it.
+
+    Formula: prompt_tokens + max_tokens rounded up to the next multiple of 1024. The
+    benchmark sends exactly prompt_tokens token ids and asks for exactly max_tokens, so the
+    sum always fits; rounding keeps the value stable across small edits and matches how
+    people set it by hand (8k, 16k, 20k...).
+    """
+    need = prompt_tokens + max_tokens
+    return int(math.ceil(need / MAX_MODEL_LEN_ROUNDING) * MAX_MODEL_LEN_ROUNDING)
+
+
+@dataclass(frozen=True)
+class Pattern:
+    id: str
+    layer: str
+    backend: str
+    spec: dict[str, Any]
+    """Effective spec: common_settings overridden by the pattern, plus infrastructure."""
+    repeats: int = 1
+    """Measured trials. Not part of the spec: adding trials must not change what a trial runs."""
+
+    @property
+    def disaggregated(self) -> bool:
+        return self.backend in DISAGGREGATED
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return ("producer", "consumer") if self.disaggregated else ("unified",)
+
+
+@dataclass(frozen=True)
+class Layer:
+    id: str
+    name: str
+    priority: str
+    description: str
+    pattern_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    path: Path
+    phase: int
+    name: str
+    description: str
+    infrastructure: dict[str, Any]
+    common_settings: dict[str, Any]
+    layers: tuple[Layer, ...]
+    patterns: dict[str, Pattern] = field(default_factory=dict)
+
+    @property
+    def phase_name(self) -> str:
+        return f"phase{self.phase}"
+
+    def layer(self, layer_id: str) -> Layer:
+        for layer in self.layers:
+            if layer.id == layer_id:
+                return layer
+        known = ", ".join(lay.id for lay in self.layers)
+        raise KeyError(f"layer {layer_id!r} is not in {self.path} (layers: {known})")
+
+    def pattern(self, pattern_id: str) -> Pattern:
+        try:
+            return self.patterns[pattern_id]
+        except KeyError:
+            raise KeyError(f"pattern {pattern_id!r} is not in {self.path}") from None
+
+
+@lru_cache(maxsize=1)
+def _validator() -> Any:
+    # ECMA-262 patterns: `$` is the end of the string, so an id never ends in a newline.
+    return strict_validator(json.loads((SCHEMA_DIR / "plan.schema.json").read_text()))
+
+
+def _schema_problems(doc: Any, file: str) -> list[Problem]:
+    return schema_problems(_validator(), doc, file)
+
+
+def _cross_field_problems(doc: dict[str, Any], file: str, stem: str) -> list[Problem]:
+    problems: list[Problem] = []
+
+    def add(path: list[str | int], reason: str) -> None:
+        problems.append(Problem(file, format_path(path), reason))
+
+    phase = doc["phase"]
+    if stem != f"phase{phase}":
+        add(["phase"], f"file name stem must be 'phase{phase}' for phase {phase} (the file is named {stem!r})")
+    infra = doc["infrastructure"]
+    model = infra["model"]
+    if not (MODEL_ID_RE.fullmatch(model) or ABS_PATH_RE.fullmatch(model)) or ".." in model.split("/"):
+        add(["infrastructure", "model"], f"{model!r} is neither a model id (org/name of letters, digits, '.', '_', '-') nor an absolute path")
+    venv = infra["venv_path"]
+    if not ABS_PATH_RE.fullmatch(venv) or ".." in venv.split("/"):
+        add(["infrastructure", "venv_path"], f"{venv!r} is not an absolute path of letters, digits, '.', '_', '+', '-' without '..'")
+    if infra["tp_size"] > infra["gpu_count_per_node"]:
+        add(["infrastructure", "tp_size"], f"tp_size {infra['tp_size']} exceeds gpu_count_per_node {infra['gpu_count_per_node']}")
+
+    seen_layers: dict[str, int] = {}
+    seen_patterns: dict[str, str] = {}
+    prefix = f"p{phase}-"
+    any_disagg = False
+    common = doc["common_settings"]
+    for li, layer in enumerate(doc["layers"]):
+        if layer["id"] in seen_layers:
+            add(["layers", li, "id"], f"duplicate layer id {layer['id']!r} (also layers[{seen_layers[layer['id']]}])")
+        seen_layers.setdefault(layer["id"], li)
+        for pi, pat in enumerate(layer["patterns"]):
+            here: list[str | int] = ["layers", li, "patterns", pi]
+            pid = pat["id"]
+            if pid in seen_patterns:
+                add([*here, "id"], f"duplicate pattern id {pid!r} (also {seen_patterns[pid]})")
+            seen_patterns.setdefault(pid, format_path(here))
+            if not pid.startswith(prefix):
+                add([*here, "id"], f"pattern id {pid!r} must start with {prefix!r}")
+            if pat["backend"] in DISAGGREGATED:
+                any_disagg = True
+            rate = pat.get("request_rate", common.get("request_rate"))
+            mtype = pat.get("measurement_type", common["measurement_type"])
+            if rate is not None and mtype != "online":
+                add([*here, "request_rate"], f"an open loop at a request rate needs measurement_type 'online' (this pattern is {mtype!r})")
+            if "burstiness" in pat and rate is None:
+                add([*here, "burstiness"], "burstiness applies only with a request_rate (open loop)")
+            need = pat["prompt_tokens"] + common["max_tokens"]
+            if "max_model_len" in pat and pat["max_model_len"] < need:
+                add([*here, "max_model_len"], f"{pat['max_model_len']} is less than prompt_tokens + max_tokens = {need}")
+    if any_disagg and infra["node_count"] < 2:
+        add(["infrastructure", "node_count"], f"node_count {infra['node_count']} < 2 but the plan has tcp/efa patterns (prefill and decode need two nodes)")
+    return problems
+
+
+def _parse_json(text: str, file: str) -> Any:
+    if not text.strip():
+        raise PlanError([Problem(file, "", "file is empty (expected a JSON object)")])
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PlanError([Problem(file, f"line {exc.lineno} column {exc.colno}", f"invalid JSON: {exc.msg}")]) from None
+
+
+def validate_document(doc: Any, file: str, stem: str) -> list[Problem]:
+    """Every problem of a parsed plan document; empty when it is valid."""
+    problems = _schema_problems(doc, file)
+    if problems:
+        return problems
+    return _cross_field_problems(doc, file, stem)
+
+
+def effective_spec(doc: dict[str, Any], pattern: dict[str, Any]) -> dict[str, Any]:
+    """common_settings overridden by the pattern, plus infrastructure.
+
+    This dict (not the plan file's timestamp) decides whether a pattern must run again.
+    Layer membership and plan prose are left out on purpose: moving a pattern between
+    layers or rewording a description changes no measurement.
+    """
+    common = {"prefix_cache": False, **doc["common_settings"]}
+    spec: dict[str, Any] = {
+        "pattern_id": pattern["id"],
+        "backend": pattern["backend"],
+        "prompt_tokens": pattern["prompt_tokens"],
+        "concurrency": pattern["concurrency"],
+        "max_tokens": common["max_tokens"],
+        "warmup_iterations": common["warmup_iterations"],
+        "measurement_iterations": common["measurement_iterations"],
+    }
+    for key in OVERRIDABLE:
+        spec[key] = pattern.get(key, common[key])
+    slo = {**common.get("slo", {}), **pattern.get("slo", {})}
+    spec["slo"] = slo or None
+    spec["request_rate"] = pattern.get("request_rate", common.get("request_rate"))
+    spec["burstiness"] = pattern.get("burstiness", common.get("burstiness", 1.0)) if spec["request_rate"] else None
+    if "max_model_len" in pattern:
+        spec["max_model_len"] = pattern["max_model_len"]
+        spec["max_model_len_source"] = "pattern"
+    else:
+        spec["max_model_len"] = auto_max_model_len(pattern["prompt_tokens"], common["max_tokens"])
+        spec["max_model_len_source"] = "auto"
+    spec["infrastructure"] = dict(doc["infrastructure"])
+    spec["phase"] = doc["phase"]
+    return spec
+
+
+def _display(path: Path) -> str:
+    """The path as the user would type it: relative to the working folder when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Load and validate a plan file; raise PlanError listing every problem."""
+    path = Path(path)
+    file = _display(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PlanError([Problem(file, "", "plan file not found")]) from None
+    except UnicodeDecodeError as exc:
+        raise PlanError([Problem(file, "", f"not UTF-8 text: {exc}")]) from None
+    doc = _parse_json(text, file)
+    problems = validate_document(doc, file, path.stem)
+    if problems:
+        raise PlanError(problems)
+    layers = []
+    patterns: dict[str, Pattern] = {}
+    for layer in doc["layers"]:
+        ids = []
+        for pat in layer["patterns"]:
+            repeats = int(pat.get("repeats", doc["common_settings"].get("repeats", 1)))
+            patterns[pat["id"]] = Pattern(pat["id"], layer["id"], pat["backend"], effective_spec(doc, pat), repeats)
+            ids.append(pat["id"])
+        layers.append(Layer(layer["id"], layer["name"], layer["priority"], layer["description"], tuple(ids)))
+    return Plan(
+        path=path,
+        phase=doc["phase"],
+        name=doc["name"],
+        description=doc["description"],
+        infrastructure=dict(doc["infrastructure"]),
+        common_settings=dict(doc["common_settings"]),
+        layers=tuple(layers),
+        patterns=patterns,
+    )

@@ -1,0 +1,220 @@
+"""The control-side run ledger: which patterns have servers up, for which Snakemake run.
+
+A Snakemake run that is SIGKILLed (kill -9, the OOM killer, a reboot of the control host)
+runs no cleanup at all: its control jobs die with it, but the servers they started live on
+in their own process groups on the nodes. The node-side ledgers (procs.json) say *what* to
+stop; this ledger says *that* something must be stopped and where. One small JSON file per
+in-flight pattern, `results/<phase>/.ledger/<pattern>.json`, written atomically when the
+pattern's servers are about to start and removed once its stop steps have all succeeded.
+An entry whose owner (the Snakemake process, by pid and kernel start time) is gone is the
+trace of a killed run: the next run refuses to start and `disagglab recover` cleans up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from disagglab.hashing import atomic_write_json
+from disagglab.paths import safe_join
+
+if TYPE_CHECKING:
+    from disagglab.run.transport import Node
+    from disagglab.run.trial import PatternRun
+
+LEDGER_DIR = ".ledger"
+OWNER_ENV = "DISAGGLAB_SNAKEMAKE"
+"""`<pid>-<starttime>` of the Snakemake process; set by rules/common.smk, inherited by jobs."""
+
+
+# ---------------------------------------------------------------------------- processes
+
+
+def proc_starttime(pid: int) -> str | None:
+    """Kernel start time of a pid (clock ticks since boot), so a recycled pid is never ours."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def alive(pid: int | None, starttime: str | None = None) -> bool:
+    """The process exists, is not a zombie, and (when given) started at `starttime`."""
+    if not pid:
+        return False
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    if fields[0] in ("Z", "X"):
+        return False
+    return starttime is None or fields[19] == starttime
+
+
+def identity(pid: int | None = None) -> dict[str, Any]:
+    pid = pid or os.getpid()
+    return {"pid": pid, "starttime": proc_starttime(pid)}
+
+
+def identity_text(ident: dict[str, Any]) -> str:
+    return f"{ident['pid']}-{ident['starttime']}"
+
+
+def parse_identity(text: str | None) -> dict[str, Any] | None:
+    if not text or "-" not in text:
+        return None
+    pid, start = text.split("-", 1)
+    return {"pid": int(pid), "starttime": start} if pid.isdigit() else None
+
+
+def snakemake_owner() -> dict[str, Any] | None:
+    """The Snakemake run this job belongs to (from the environment Snakemake passes on)."""
+    return parse_identity(os.environ.get(OWNER_ENV))
+
+
+def stop_when_orphaned(poll_s: float = 1.0) -> bool:
+    """In a control job started by Snakemake: SIGTERM ourselves once Snakemake is gone.
+
+    `kill -9 <snakemake pid>` kills Snakemake alone; the control job would go on measuring
+    for nobody (Snakemake can no longer record the result) with its servers up. Interrupted
+    instead, it stops them at once and writes its failure record, as on Ctrl-C.
+    Returns whether the watch was started (only when Snakemake is our parent).
+    """
+    owner = snakemake_owner()
+    if not owner or owner["pid"] != os.getppid():
+        return False
+
+    def watch() -> None:
+        while alive(owner["pid"], owner["starttime"]):
+            time.sleep(poll_s)
+        print(f"[{time.strftime('%H:%M:%S')}] Snakemake (pid {owner['pid']}) is gone: stopping", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="snakemake-watch", daemon=True).start()
+    return True
+
+
+def group_alive(pgid: int) -> bool:
+    """A process group with at least one member that is not a zombie."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def fmt_time(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "an unknown time"
+
+
+# ---------------------------------------------------------------------------- entries
+
+
+def ledger_dir(results_dir: Path) -> Path:
+    return Path(results_dir) / LEDGER_DIR
+
+
+@dataclass
+class RunLedger:
+    """One in-flight pattern's entry; every change is an atomic rewrite of the file."""
+
+    path: Path
+    entry: dict[str, Any]
+
+    @classmethod
+    def begin(cls, results_dir: Path, phase: str, pattern: str, layer: str, run_id: str, cfg: dict[str, Any],
+              nodes: list[dict[str, Any]], runner: dict[str, str], python: str, local_nodes_dir: str | None,
+              trial: int = 1, repeats: int = 1) -> RunLedger:
+        entry = {
+            "schema_version": 1, "phase": phase, "pattern": pattern, "trial": trial, "repeats": repeats, "layer": layer, "run_id": run_id,
+            "started_at": time.time(), "cwd": os.getcwd(),
+            "owner": snakemake_owner(), "control": identity(),
+            "executor": cfg["executor"], "nodes": nodes, "local_nodes_dir": local_nodes_dir,
+            "runner": runner, "python": python, "cfg": cfg,
+            "step": None, "step_procs": [],
+        }
+        ledger = cls(safe_join(ledger_dir(results_dir), f"{pattern}.trial-{int(trial)}.json"), entry)
+        ledger.write()
+        return ledger
+
+    @classmethod
+    def for_pattern_run(cls, run: PatternRun, used: list[Node], runner: dict[str, Any], python: str, run_id: str) -> RunLedger:
+        """The entry of a PatternRun about to start servers on `used`; local step runners are noted too."""
+        transport = run.executor.transport
+        nodes = [{"name": n.name, "address": n.address, "instance_id": n.instance_id, "node_dir": transport.node_dir(n, run.phase)}
+                 for n in used]
+        local_dir = getattr(transport, "nodes_dir", None)
+        ledger = cls.begin(run.results_dir, run.phase, run.pattern.id, run.pattern.layer, run_id, run.cfg, nodes,
+                           {"key": runner["key"], "sha256": runner["sha256"]}, python, str(local_dir) if local_dir else None,
+                           getattr(run, "trial", 1), getattr(run.pattern, "repeats", 1))
+        if hasattr(transport, "on_spawn"):
+            transport.on_spawn = lambda node, step, pid: ledger.note_process(node.name, step, pid)
+        return ledger
+
+    def write(self) -> None:
+        atomic_write_json(self.path, self.entry)
+
+    def note_step(self, step: str, node: str) -> None:
+        """The step in progress: what a recovery names as cut short."""
+        self.entry["step"] = {"step": step, "node": node, "at": time.time()}
+        self.write()
+
+    def note_process(self, node: str, step: str, pid: int) -> None:
+        """A local step runner (own process group): recover stops it before the stop step."""
+        self.entry["step_procs"] = [p for p in self.entry["step_procs"] if alive(p["pid"], p["starttime"])]
+        self.entry["step_procs"].append({"node": node, "step": step, "pid": pid, "pgid": pid, "starttime": proc_starttime(pid)})
+        self.write()
+
+    def clear(self, transport: Any = None) -> None:
+        """The stop steps all succeeded: nothing of this pattern runs any more."""
+        if transport is not None and hasattr(transport, "on_spawn"):
+            transport.on_spawn = None
+        self.path.unlink(missing_ok=True)  # the folder stays: a parallel pattern may be writing into it
+
+
+def load_entries(results_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
+    out = []
+    for path in sorted(ledger_dir(results_dir).glob("*.json")):
+        try:
+            out.append((path, json.loads(path.read_text())))
+        except (OSError, ValueError):
+            continue  # a half-written entry cannot exist (atomic writes); a foreign file is ignored
+    return out
+
+
+def owner_alive(entry: dict[str, Any]) -> bool:
+    """Whether the run that wrote the entry still exists: its Snakemake, else its control job."""
+    owner = entry.get("owner") or entry.get("control") or {}
+    return alive(owner.get("pid"), owner.get("starttime"))
+
+
+def control_alive(entry: dict[str, Any]) -> bool:
+    control = entry.get("control") or {}
+    return alive(control.get("pid"), control.get("starttime"))
+
+
+def node_orphans(entry: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """node name -> live process groups in that node's procs.json (local nodes only)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    if entry.get("executor") != "local":
+        return out
+    for node in entry.get("nodes", []):
+        procs = Path(node["node_dir"]) / "runs" / entry["pattern"] / "procs.json"
+        try:
+            recorded = json.loads(procs.read_text())
+        except (OSError, ValueError):
+            continue
+        live = [p for p in recorded if group_alive(int(p["pgid"]))]
+        if live:
+            out[node["name"]] = live
+    return out

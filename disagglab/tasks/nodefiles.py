@@ -1,0 +1,48 @@
+"""The node-side files (scripts/, remote/) and which of them each pattern runs.
+
+A pattern's result depends on the bytes of the node-side files it ran, so editing the
+proxy makes the disaggregated patterns out of date and leaves the unified ones alone.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from disagglab.hashing import sha256_file
+from disagglab.paths import NODE_TREES, ROOT
+from disagglab.plan.model import Pattern
+
+# Files only some patterns run; every other node-side file is run by all of them.
+ONLY_FOR = {
+    "scripts/disagg_proxy_server.py": lambda p, engine: p.disaggregated,
+    "scripts/vllm_sim.py": lambda p, engine: engine == "sim",
+    "remote/nixl_preflight.py": lambda p, engine: p.disaggregated,
+}
+
+
+def list_node_files(root: Path = ROOT) -> list[str]:
+    """Every deployable file below scripts/ and remote/, as sorted posix paths."""
+    out = []
+    for tree in NODE_TREES:
+        for path in sorted((root / tree).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+                out.append(path.relative_to(root).as_posix())
+    return out
+
+
+@cache
+def _digest(path: str, mtime_ns: int, size: int) -> str:
+    return sha256_file(ROOT / path)
+
+
+def node_file_digests(root: Path = ROOT) -> dict[str, str]:
+    digests = {}
+    for rel in list_node_files(root):
+        st = (root / rel).stat()
+        digests[rel] = _digest(rel, st.st_mtime_ns, st.st_size) if root == ROOT else sha256_file(root / rel)
+    return digests
+
+
+def files_for_pattern(pattern: Pattern, engine: str, digests: dict[str, str]) -> dict[str, str]:
+    return {rel: sha for rel, sha in digests.items() if ONLY_FOR.get(rel, lambda p, e: True)(pattern, engine)}
