@@ -8,6 +8,7 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from disagglab.errors import InputError
@@ -76,7 +77,7 @@ def _edited_tasks(phases, args: argparse.Namespace) -> list[str]:
 def cmd_deploy(args: argparse.Namespace) -> int:
     from disagglab.deploy.step import DeployFailed, deploy_failure_record, deploy_pattern
     from disagglab.deploy.storage import open_storage
-    from disagglab.results.records import write_failure
+    from disagglab.results.failure import write_failure
     from disagglab.tasks.nodefiles import files_for_pattern, node_file_digests
 
     phases = _phases()
@@ -98,17 +99,19 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run_pattern(args: argparse.Namespace) -> int:
-    from disagglab.run.fleet import open_executor
+def cmd_run_trial(args: argparse.Namespace) -> int:
+    from disagglab.paths import PhaseLayout
+    from disagglab.results.records import save_trial
+    from disagglab.run.fleet import open_fleet
     from disagglab.run.ledger import stop_when_orphaned
-    from disagglab.run.trial import PatternRun
+    from disagglab.run.trial import TrialRun
 
     phases = _phases()
     cfg = phases.cfg
     plan = phases.plan(args.phase)
     output = Path(args.output)
     try:
-        executor = open_executor(cfg)
+        fleet = open_fleet(cfg)
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. botocore NoRegionError / NoCredentialsError
@@ -116,10 +119,11 @@ def cmd_run_pattern(args: argparse.Namespace) -> int:
               "(AWS: check credentials, AWS_REGION/aws.region, SCRIPTS_BUCKET and the NODE* variables; see README 'Running on AWS')",
               file=sys.stderr)
         return 1
-    run = PatternRun(plan, plan.pattern(args.pattern), args.phase, cfg, executor, output.parents[2], trial=args.trial)
+    layout = PhaseLayout(output.parents[2])
+    trial = TrialRun(plan, plan.pattern(args.pattern), args.phase, cfg, fleet, layout, trial=args.trial)
     stop_when_orphaned()
     try:
-        written = run.run()
+        written = save_trial(trial.run(), layout, trial.log)
     except KeyboardInterrupt:  # stopped cleanly, failure record written: leave Snakemake no incomplete marker
         from disagglab.guard.snakestate import withdraw_incomplete_marker
 
@@ -131,17 +135,17 @@ def cmd_run_pattern(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_aggregate(args: argparse.Namespace) -> int:
+def cmd_fold(args: argparse.Namespace) -> int:
+    from disagglab.paths import AGGREGATED, PhaseLayout
     from disagglab.results.fold import aggregate_files
-    from disagglab.results.records import quarantined
-    from disagglab.tasks.dag import AGGREGATED
 
     trials = [Path(t) for t in args.trials]
+    output = Path(args.output)
     markers = {t.parent / AGGREGATED for t in trials}
     for marker in markers:  # first: a result that failed to fold must never look deleted
         marker.unlink(missing_ok=True)
-    atomic_write_json(Path(args.output), aggregate_files(trials))
-    quarantined(Path(args.output).parents[1], Path(args.output).stem).unlink(missing_ok=True)  # a corrupt copy, now rebuilt
+    atomic_write_json(output, aggregate_files(trials))
+    PhaseLayout(output.parents[1]).corrupt_result(output.stem).unlink(missing_ok=True)  # a corrupt copy, now rebuilt
     for marker in markers:
         atomic_write_json(marker, {"result": args.output, "trials": [str(t) for t in trials if t.parent == marker.parent]})
     return 0
@@ -273,81 +277,62 @@ def _sigterm(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt("SIGTERM")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _req(*names: str) -> list[tuple[tuple[str, ...], dict]]:
+    return [((n,), {"required": True}) for n in names]
+
+
+PHASE_ARG = (("phase",), {"help": "e.g. phase14"})
+CONFIGFILES = (("--configfile",), {"nargs": "+", "help": "the config file(s) you run Snakemake with (e.g. config/aws.yaml)"})
+JSON = (("--json",), {"action": "store_true", "help": "machine-readable output"})
+# name, old spellings kept as aliases for one release, handler, help, arguments.
+COMMANDS: list[tuple[str, tuple[str, ...], Callable[[argparse.Namespace], int], str, list[tuple[tuple[str, ...], dict]]]] = [
+    ("validate", (), cmd_validate, "validate plan files; every problem is listed", [(("plans",), {"nargs": "+"})]),
+    ("check-config", (), cmd_check_config, "validate the configuration (and its environment) a run would use",
+     [(("configfile",), {"nargs": "*", "help": "files given to Snakemake with --configfile, in order (e.g. config/aws.yaml)"})]),
+    ("render", (), cmd_render, "render one role's task definition", _req("--phase", "--pattern", "--role", "--output")),
+    ("deploy", (), cmd_deploy, "copy a pattern's node-side files and task definitions into the store",
+     [*_req("--phase", "--pattern", "--output"), (("tasks",), {"nargs": "+"})]),
+    ("run-trial", ("run-pattern",), cmd_run_trial, "run one trial of a pattern on its nodes and write the trial's result",
+     [*_req("--phase", "--pattern", "--output"),
+      (("--trial",), {"type": int, "default": 1, "help": "which trial (1-based); the output is results/<phase>/trials/<pattern>/<trial>.json"})]),
+    ("fold", ("aggregate",), cmd_fold, "fold a pattern's trial results into its result (means, std, 95%% t-intervals)",
+     [*_req("--output"), (("trials",), {"nargs": "+"})]),
+    ("layer-done", (), cmd_layer_done, "write a layer's completion marker", _req("--phase", "--layer", "--output")),
+    ("phase-done", (), cmd_phase_done, "write the marker for a whole phase", [*_req("--phase", "--output"), (("markers",), {"nargs": "+"})]),
+    ("summary", (), cmd_summary, "results/<phase>/summary.csv: one row per pattern", _req("--phase", "--output")),
+    ("report", (), cmd_report, "the phase report (HTML + Markdown + plots)", _req("--phase", "--html", "--md", "--plots")),
+    ("track", (), cmd_track, "log a phase's results to MLflow (idempotent)", _req("--phase", "--output")),
+    ("compare", (), cmd_compare, "match patterns of two phases and flag regressions (exit 1 if any)", [
+        (("phase_a",), {"help": "the baseline phase, e.g. phase14"}),
+        (("phase_b",), {"help": "the phase compared with it, e.g. phase15"}),
+        (("--threshold",), {"type": float, "help": "percent change that counts as a regression (default: compare.threshold_pct)"}),
+        (("--html",), {"help": "also write an HTML comparison here"}),
+        (("--no-fail",), {"action": "store_true", "help": "exit 0 even when a regression is flagged"})]),
+    ("list", (), cmd_list, "the plans, or the layers and patterns of one phase",
+     [(("phase",), {"nargs": "?", "help": "e.g. phase14; omit to list every plan"})]),
+    ("status", (), cmd_status, "each pattern: done, out-of-date, running, failed (step, node, cause) or pending", [PHASE_ARG, JSON, CONFIGFILES]),
+    ("estimate", (), cmd_estimate, "patterns still to run, their estimated wall time and cost (also results/<phase>/plan.md)", [
+        (("phase",), {"help": "e.g. phase15"}),
+        (("--output",), {"help": "also write the table here (atomically), e.g. results/phase15/plan.md"}), JSON,
+        (("--configfile",), {"nargs": "+", "help": "config file(s) merged over config/config.yaml, as you run Snakemake with"})]),
+    ("recover", (), cmd_recover, "after a killed run: stop its orphaned servers, remove the stale lock and incomplete outputs", [PHASE_ARG]),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="disagglab", description="Control side of the disaggregated-inference experiment pipeline.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("validate", help="validate plan files; every problem is listed")
-    p.add_argument("plans", nargs="+")
-    p.set_defaults(func=cmd_validate)
-    p = sub.add_parser("check-config", help="validate the configuration (and its environment) a run would use")
-    p.add_argument("configfile", nargs="*", help="files given to Snakemake with --configfile, in order (e.g. config/aws.yaml)")
-    p.set_defaults(func=cmd_check_config)
-    p = sub.add_parser("render", help="render one role's task definition")
-    for a in ("--phase", "--pattern", "--role", "--output"):
-        p.add_argument(a, required=True)
-    p.set_defaults(func=cmd_render)
-    p = sub.add_parser("deploy", help="copy a pattern's node-side files and task definitions into the store")
-    p.add_argument("--phase", required=True)
-    p.add_argument("--pattern", required=True)
-    p.add_argument("--output", required=True)
-    p.add_argument("tasks", nargs="+")
-    p.set_defaults(func=cmd_deploy)
-    p = sub.add_parser("run-pattern", help="run one trial of a pattern on its nodes and write the trial's result")
-    for a in ("--phase", "--pattern", "--output"):
-        p.add_argument(a, required=True)
-    p.add_argument("--trial", type=int, default=1, help="which trial (1-based); the output is results/<phase>/trials/<pattern>/<trial>.json")
-    p.set_defaults(func=cmd_run_pattern)
-    p = sub.add_parser("aggregate", help="fold a pattern's trial results into its result (means, std, 95%% t-intervals)")
-    p.add_argument("--output", required=True)
-    p.add_argument("trials", nargs="+")
-    p.set_defaults(func=cmd_aggregate)
-    p = sub.add_parser("layer-done", help="write a layer's completion marker")
-    for a in ("--phase", "--layer", "--output"):
-        p.add_argument(a, required=True)
-    p.set_defaults(func=cmd_layer_done)
-    p = sub.add_parser("phase-done", help="write the marker for a whole phase")
-    p.add_argument("--phase", required=True)
-    p.add_argument("--output", required=True)
-    p.add_argument("markers", nargs="+")
-    p.set_defaults(func=cmd_phase_done)
-    p = sub.add_parser("summary", help="results/<phase>/summary.csv: one row per pattern")
-    p.add_argument("--phase", required=True)
-    p.add_argument("--output", required=True)
-    p.set_defaults(func=cmd_summary)
-    p = sub.add_parser("report", help="the phase report (HTML + Markdown + plots)")
-    for a in ("--phase", "--html", "--md", "--plots"):
-        p.add_argument(a, required=True)
-    p.set_defaults(func=cmd_report)
-    p = sub.add_parser("track", help="log a phase's results to MLflow (idempotent)")
-    p.add_argument("--phase", required=True)
-    p.add_argument("--output", required=True)
-    p.set_defaults(func=cmd_track)
-    p = sub.add_parser("compare", help="match patterns of two phases and flag regressions (exit 1 if any)")
-    p.add_argument("phase_a", help="the baseline phase, e.g. phase14")
-    p.add_argument("phase_b", help="the phase compared with it, e.g. phase15")
-    p.add_argument("--threshold", type=float, help="percent change that counts as a regression (default: compare.threshold_pct)")
-    p.add_argument("--html", help="also write an HTML comparison here")
-    p.add_argument("--no-fail", action="store_true", help="exit 0 even when a regression is flagged")
-    p.set_defaults(func=cmd_compare)
-    p = sub.add_parser("list", help="the plans, or the layers and patterns of one phase")
-    p.add_argument("phase", nargs="?", help="e.g. phase14; omit to list every plan")
-    p.set_defaults(func=cmd_list)
-    p = sub.add_parser("status", help="each pattern: done, out-of-date, running, failed (step, node, cause) or pending")
-    p.add_argument("phase", help="e.g. phase14")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--configfile", nargs="+", help="the config file(s) you run Snakemake with (e.g. config/aws.yaml)")
-    p.set_defaults(func=cmd_status)
-    p = sub.add_parser("estimate", help="patterns still to run, their estimated wall time and cost (also results/<phase>/plan.md)")
-    p.add_argument("phase", help="e.g. phase15")
-    p.add_argument("--output", help="also write the table here (atomically), e.g. results/phase15/plan.md")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--configfile", nargs="+", help="config file(s) merged over config/config.yaml, as you run Snakemake with")
-    p.set_defaults(func=cmd_estimate)
-    p = sub.add_parser("recover", help="after a killed run: stop its orphaned servers, remove the stale lock and incomplete outputs")
-    p.add_argument("phase", help="e.g. phase14")
-    p.set_defaults(func=cmd_recover)
-    args = parser.parse_args(argv)
-    # SIGTERM unwinds like Ctrl-C: temporary files are removed, run-pattern stops its servers.
+    for name, aliases, func, help_text, arguments in COMMANDS:
+        p = sub.add_parser(name, aliases=list(aliases), help=help_text)
+        for flags, kwargs in arguments:
+            p.add_argument(*flags, **kwargs)
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C: temporary files are removed, run-trial stops its servers.
     signal.signal(signal.SIGTERM, _sigterm)
     try:
         return args.func(args)

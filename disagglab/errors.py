@@ -51,3 +51,10 @@ class StepFailed(Exception):
         self.exit_status = exit_status
         self.log_tail = log_tail or []
         super().__init__(f"step {step!r} on {node} failed: {cause}")
+
+
+class Interrupted(BaseException):
+    """SIGTERM/SIGINT reached the control process; unwinds through the stop steps.
+
+    A BaseException, so no `except Exception` on the way can swallow it.
+    """

@@ -12,8 +12,9 @@ from disagglab.plan.config_checks import check_discovery, check_environment
 from disagglab.errors import InputError
 from disagglab.plan.faults import FaultError, check_environment as check_fault_environment
 from disagglab.guard.startup import RunRefused, check_phases, forward_sigterm
-from disagglab.paths import PLANS_DIR
-from disagglab.tasks.dag import Phases, quarantine_corrupt_results, sweep_deleted_results, sweep_stale_layer_markers
+from disagglab.paths import PLANS_DIR, RULE_PATHS, PhaseLayout
+from disagglab.results.sweeps import quarantine_corrupt_results, sweep_deleted_results, sweep_stale_layer_markers
+from disagglab.tasks.dag import Phases
 
 try:
     # Each problem names the file (or --config) that set the offending value.
@@ -60,6 +61,10 @@ sweep_stale_layer_markers()
 sweep_deleted_results()
 
 
+# Wildcard paths of results/<phase>/... (disagglab/paths.py TREE): rules name files by kind.
+P = RULE_PATHS
+
+
 wildcard_constraints:
     phase=r"phase[0-9]+",
     phase_a=r"phase[0-9]+",
@@ -86,7 +91,8 @@ def get_task_digest(wildcards):
 
 def get_task_files(wildcards):
     roles = _plan_call(PHASES.pattern, wildcards.phase, wildcards.pattern).roles
-    return [f"results/{wildcards.phase}/tasks/{wildcards.pattern}/{role}.json" for role in roles]
+    layout = PhaseLayout.of(wildcards.phase)
+    return [str(layout.task(wildcards.pattern, role)) for role in roles]
 
 
 def get_task_digests(wildcards):
@@ -113,7 +119,7 @@ def get_compared_results(wildcards):
     """sha256 of every result of both phases: the comparison is redone when any changes."""
     from disagglab.hashing import sha256_file
 
-    files = sorted(Path("results").glob(f"{wildcards.phase_a}/runs/*.json")) + sorted(Path("results").glob(f"{wildcards.phase_b}/runs/*.json"))
+    files = [f for phase in (wildcards.phase_a, wildcards.phase_b) for f in sorted(PhaseLayout.of(phase).runs_dir.glob("*.json"))]
     return [f"{f}={sha256_file(f)}" for f in files]
 
 
@@ -121,16 +127,21 @@ def get_phase_result_digests(wildcards):
     """sha256 of the phase's results and failure records: reports and tracking follow them."""
     from disagglab.hashing import sha256_file
 
-    files = sorted(Path("results").glob(f"{wildcards.phase}/runs/*.json")) + sorted(Path("results").glob(f"{wildcards.phase}/failures/*.json"))
+    layout = PhaseLayout.of(wildcards.phase)
+    files = sorted(layout.runs_dir.glob("*.json")) + sorted(layout.failures_dir.glob("*.json"))
     return [f"{f.parent.name}/{f.name}={sha256_file(f)}" for f in files]
 
 
 def get_phase_layers(wildcards):
     plan = _plan_call(PHASES.plan, wildcards.phase)
-    return [f"results/{wildcards.phase}/{layer.id}.done" for layer in plan.layers]
+    return [str(PhaseLayout.of(wildcards.phase).layer_marker(layer.id)) for layer in plan.layers]
 
 
 def get_pattern_node_files(wildcards):
-    """The node-side source files this pattern runs (content tracked by params, not mtime)."""
+    """The node-side source files this pattern runs (content tracked by params, not mtime).
+
+    Relative to the workflow, as every other input: an absolute path would change the input set
+    of every deploy (and re-measure every trial) when a finished phase moves to another folder.
+    """
     rels = [line.split("=", 1)[0] for line in get_node_file_fingerprint(wildcards)]
-    return [ancient(os.path.join(BASEDIR, rel)) for rel in rels]
+    return [ancient(os.path.relpath(os.path.join(BASEDIR, rel))) for rel in rels]

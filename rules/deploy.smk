@@ -8,9 +8,9 @@ rule deploy_pattern:
         tasks=get_task_files,
         node_files=get_pattern_node_files,
     output:
-        "results/{phase}/deploy/{pattern}.json",
+        P["deploy_marker"],  # results/{phase}/deploy/{pattern}.json
     log:
-        "results/{phase}/logs/{pattern}/deploy.log",
+        P["deploy_log"],  # results/{phase}/logs/{pattern}/deploy.log
     params:
         tasks=get_task_digests,
         node_files=get_node_file_fingerprint,

@@ -13,9 +13,9 @@ def get_estimate_fingerprint(wildcards):
 rule estimate:
     localrule: True
     output:
-        "results/{phase}/plan.md",
+        P["estimate"],  # results/{phase}/plan.md
     log:
-        "results/{phase}/logs/estimate.log",
+        P["estimate_log"],  # results/{phase}/logs/estimate.log
     params:
         inputs=get_estimate_fingerprint,
     shell:

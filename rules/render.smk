@@ -3,9 +3,9 @@
 
 rule render_task:
     output:
-        "results/{phase}/tasks/{pattern}/{role}.json",
+        P["task"],  # results/{phase}/tasks/{pattern}/{role}.json
     log:
-        "results/{phase}/logs/{pattern}/render-{role}.log",
+        P["task_log"],  # results/{phase}/logs/{pattern}/render-{role}.log
     params:
         digest=get_task_digest,
     shell:

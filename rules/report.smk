@@ -5,9 +5,9 @@
 rule track_phase:
     localrule: True
     output:
-        "results/{phase}/mlflow.json",
+        P["mlflow_marker"],  # results/{phase}/mlflow.json
     log:
-        "results/{phase}/logs/mlflow.log",
+        P["mlflow_log"],  # results/{phase}/logs/mlflow.log
     params:
         results=get_phase_result_digests,
     resources:
@@ -18,9 +18,9 @@ rule track_phase:
 
 rule summary:
     output:
-        "results/{phase}/summary.csv",
+        P["summary"],  # results/{phase}/summary.csv
     log:
-        "results/{phase}/logs/summary.log",
+        P["summary_log"],  # results/{phase}/logs/summary.log
     params:
         results=get_phase_result_digests,
     shell:
@@ -29,14 +29,14 @@ rule summary:
 
 rule report:
     input:
-        summary="results/{phase}/summary.csv",
-        mlflow="results/{phase}/mlflow.json",
+        summary=P["summary"],  # results/{phase}/summary.csv
+        mlflow=P["mlflow_marker"],  # results/{phase}/mlflow.json
     output:
-        html=report("results/{phase}/report.html", category="Report"),
-        md="results/{phase}/report.md",
-        plots=report(directory("results/{phase}/report_plots"), patterns=["{name}.png"], category="Plots"),
+        html=report(P["report_html"], category="Report"),
+        md=P["report_md"],  # results/{phase}/report.md
+        plots=report(directory(P["report_plots"]), patterns=["{name}.png"], category="Plots"),
     log:
-        "results/{phase}/logs/report.log",
+        P["report_log"],  # results/{phase}/logs/report.log
     params:
         results=get_phase_result_digests,
     shell:

@@ -6,11 +6,11 @@
 rule run_trial:
     input:
         tasks=get_task_files,
-        deployed="results/{phase}/deploy/{pattern}.json",
+        deployed=P["deploy_marker"],  # results/{phase}/deploy/{pattern}.json
     output:
-        "results/{phase}/trials/{pattern}/{trial}.json",
+        P["trial"],  # results/{phase}/trials/{pattern}/{trial}.json
     log:
-        "results/{phase}/logs/{pattern}/trial-{trial}/run.log",
+        P["trial_log"],  # results/{phase}/logs/{pattern}/trial-{trial}/run.log
     params:
         tasks=get_task_digests,
         node_files=get_node_file_fingerprint,
@@ -19,30 +19,30 @@ rule run_trial:
     # Trial k of every pattern before trial k+1 of any: repeats spread over the run's drift.
     priority: trial_priority
     shell:
-        "{RUN} run-pattern --phase {wildcards.phase} --pattern {wildcards.pattern} "
+        "{RUN} run-trial --phase {wildcards.phase} --pattern {wildcards.pattern} "
         "--trial {wildcards.trial} --output {output:q} > {log:q} 2>&1"
 
 
-# A pattern's result folds its trials (means, spread, 95% t-intervals). Raising `repeats`
+# A pattern's result (runs/<pattern>.json) folds its trials (means, spread, 95% t-intervals). Raising `repeats`
 # adds inputs: only the missing trials are measured, then this cheap step reruns.
-rule run_pattern:
+rule fold_trials:
     input:
         get_trial_results,
     output:
-        "results/{phase}/runs/{pattern}.json",
+        P["result"],  # results/{phase}/runs/{pattern}.json
     log:
-        "results/{phase}/logs/{pattern}/aggregate.log",
+        P["fold_log"],  # results/{phase}/logs/{pattern}/aggregate.log
     shell:
-        "{RUN} aggregate --output {output:q} {input:q} > {log:q} 2>&1"
+        "{RUN} fold --output {output:q} {input:q} > {log:q} 2>&1"
 
 
 rule layer_done:
     input:
         get_layer_results,
     output:
-        "results/{phase}/{layer}.done",
+        P["layer_marker"],  # results/{phase}/{layer}.done
     log:
-        "results/{phase}/logs/layer-{layer}.log",
+        P["layer_log"],  # results/{phase}/logs/layer-{layer}.log
     shell:
         "{RUN} layer-done --phase {wildcards.phase} --layer {wildcards.layer} "
         "--output {output:q} > {log:q} 2>&1"
@@ -52,18 +52,18 @@ rule phase_done:
     input:
         get_phase_layers,
     output:
-        "results/{phase}/all.done",
+        P["phase_marker"],  # results/{phase}/all.done
     log:
-        "results/{phase}/logs/all.log",
+        P["phase_log"],  # results/{phase}/logs/all.log
     shell:
         "{RUN} phase-done --phase {wildcards.phase} --output {output:q} {input:q} > {log:q} 2>&1"
 
 
 rule compare_phases:
     output:
-        "results/compare/{phase_a}_vs_{phase_b}.html",
+        P["compare_html"],  # results/compare/{phase_a}_vs_{phase_b}.html
     log:
-        "results/compare/{phase_a}_vs_{phase_b}.log",
+        P["compare_log"],  # results/compare/{phase_a}_vs_{phase_b}.log
     params:
         results=get_compared_results,
     shell:

@@ -26,7 +26,7 @@ OTHER_PHASE = "results/phase15/runs/p15-l0-unified-4k-c1.json"
 TRACK = """
 import json, sys, time
 from pathlib import Path
-from disagglab.report.document import tracking
+from disagglab.report import tracking
 from disagglab.plan.model import load_plan
 plan_path, results, uri, barrier, me = sys.argv[1:]
 plan = load_plan(Path(plan_path))

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from disagglab.estimate.table import model as em
+from disagglab.estimate import model as em
 from disagglab.estimate.table import trials_to_run
 from disagglab.plan.config import load_config_file
 from disagglab.tasks.dag import Phases

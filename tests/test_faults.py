@@ -154,7 +154,7 @@ def test_status_shows_failures_and_the_invalid_result(faulted) -> None:
 def test_rerun_without_faults_retries_exactly_the_failed_patterns(faulted) -> None:
     project, _ = faulted
     jobs = project.dry_run_jobs(f"results/{PHASE}/{LAYER}.done")
-    assert sorted(j["pattern"] for j in jobs["run_pattern"]) == sorted(EXPECTED)
+    assert sorted(j["pattern"] for j in jobs["fold_trials"]) == sorted(EXPECTED)
     kept = {pid: (_results(project) / "runs" / f"{pid}.json").read_bytes() for pid in (CLEAN, NO_KV)}
     out = project.snakemake(f"results/{PHASE}/{LAYER}.done", f"results/{PHASE}/summary.csv", *PARALLEL)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -199,7 +199,7 @@ def test_a_bad_faults_variable_stops_the_run_before_any_job(project: Project) ->
     ("{nope", "DISAGGLAB_FAULTS: not JSON"),
 ])
 def test_faults_variable_is_validated_loudly(value: str, message: str) -> None:
-    from disagglab.plan.model import faults
+    from disagglab.plan import faults
 
     with pytest.raises(faults.FaultError) as err:
         faults.check_environment({"DISAGGLAB_FAULTS": value}, lambda _pid: None, "sim")
@@ -207,7 +207,8 @@ def test_faults_variable_is_validated_loudly(value: str, message: str) -> None:
 
 
 def test_server_faults_need_the_stand_in_and_the_old_blanket_variable_is_refused() -> None:
-    from disagglab.plan.model import faults, load_plan
+    from disagglab.plan import faults
+    from disagglab.plan.model import load_plan
 
     plan = load_plan(ROOT / "plans/phase14.json")
     with pytest.raises(faults.FaultError, match="server faults exist only in the stand-in"):
@@ -283,7 +284,7 @@ def test_over_ssm_a_fault_travels_as_a_quoted_runner_argument_not_as_environment
     """On AWS the node does not share our environment: the SSM script carries the fault as an argument."""
     import shlex
 
-    from disagglab.plan.model import faults
+    from disagglab.plan import faults
     from disagglab.run.ssm import Bootstrap, build_script
 
     args = ["bench", "--node-dir", "/opt/disagglab/phase14", *faults.step_args({"proxy": "kill_after_s=1.5", "consumer": "crash_after=3"},

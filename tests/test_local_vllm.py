@@ -11,8 +11,9 @@ from pathlib import Path
 import yaml
 
 from disagglab.paths import CONFIG_DIR, PLANS_DIR, ROOT
+from disagglab.plan import local_vllm
 from disagglab.plan.config import load_config_file, validate_config
-from disagglab.plan.model import load_plan, local_vllm
+from disagglab.plan.model import load_plan
 from disagglab.tasks.render import render_task
 
 from conftest import Project, alive_groups, ledger_entries

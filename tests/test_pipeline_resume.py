@@ -108,9 +108,9 @@ def test_adding_a_pattern_and_a_layer_reruns_nothing_finished(proj: Project) -> 
 
 def test_control_side_code_edits_rerun_nothing(proj: Project) -> None:
     edits = [
-        Edit(proj.root / "disagglab" / "results.py", lambda t: t + "\n# edited\n"),
-        Edit(proj.root / "disagglab" / "orchestrate.py", lambda t: t + "\n# edited\n"),
-        Edit(proj.root / "rules" / "run.smk", lambda t: t.replace("run-pattern --phase", "run-pattern  --phase")),
+        Edit(proj.root / "disagglab" / "results" / "records.py", lambda t: t + "\n# edited\n"),
+        Edit(proj.root / "disagglab" / "run" / "trial.py", lambda t: t + "\n# edited\n"),
+        Edit(proj.root / "rules" / "run.smk", lambda t: t.replace("run-trial --phase", "run-trial  --phase")),
         Edit(proj.root / "Snakefile", lambda t: t + "\n# edited\n"),
     ]
     for e in edits:
@@ -193,5 +193,5 @@ def test_dry_run_of_another_layer_plans_only_its_patterns(tmp_path: Path) -> Non
     assert sorted({j["pattern"] for j in jobs["render_task"]}) == l1
     assert sorted(j["pattern"] for j in jobs["deploy_pattern"]) == l1
     assert [j["layer"] for j in jobs["layer_done"]] == ["L1"]
-    assert set(jobs) == {"render_task", "deploy_pattern", "run_trial", "run_pattern", "layer_done"}
+    assert set(jobs) == {"render_task", "deploy_pattern", "run_trial", "fold_trials", "layer_done"}
     assert not (p.root / "results").exists()

@@ -24,8 +24,8 @@ import boto3
 from moto_ssm import REGION, node_env, use_fake_ssm_nodes
 from test_ssm import aws_env, moto_endpoint, online_node  # noqa: F401 - fixtures and helpers
 
-from disagglab.guard.startup import leftovers, phaselock, snakestate
-from disagglab.guard.startup import startup as guard
+from disagglab.guard import leftovers, phaselock, snakestate
+from disagglab.guard import startup as guard
 from disagglab.hashing import sha256_file
 from disagglab.run import ledger as runledger
 

@@ -95,7 +95,7 @@ def test_raising_repeats_measures_only_the_missing_trials(proj: Project) -> None
     proj.write_plan(PHASE, doc)
     jobs = proj.dry_run_jobs(TARGET)
     assert sorted((j["pattern"], j["trial"]) for j in jobs["run_trial"]) == sorted((pid, k) for pid in IDS for k in ("4", "5"))
-    assert sorted(j["pattern"] for j in jobs["run_pattern"]) == sorted(IDS)
+    assert sorted(j["pattern"] for j in jobs["fold_trials"]) == sorted(IDS)
     assert "render_task" not in jobs and "deploy_pattern" not in jobs
 
     # One new trial fails: the finished ones stay, the failure names the trial, and only it is retried.

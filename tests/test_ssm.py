@@ -272,13 +272,13 @@ def test_a_layer_runs_through_ssm_and_s3(aws_env, seaweed, tmp_path) -> None:
 
 def test_a_pair_that_failed_health_is_not_leased_again_in_the_same_run(tmp_path, monkeypatch) -> None:
     from disagglab.aws import NodeSpec, PairSpec
-    from disagglab.run.fleet import Executor
+    from disagglab.run.fleet import Fleet
 
     monkeypatch.chdir(tmp_path)
     cfg = _cfg()
     cfg["executor"] = "ssm"
     pairs = [PairSpec(i, NodeSpec("node1", f"i-00000000000000{i}a1", "10.0.0.1"), NodeSpec("node2", f"i-00000000000000{i}a2", "10.0.0.2")) for i in range(2)]
-    ex = Executor(transport=None, storage=None, cfg=cfg, pairs=pairs)
+    ex = Fleet(transport=None, storage=None, cfg=cfg, pairs=pairs)
     with ex.lease_pair() as first:
         assert first.index == 0
         ex.report_bad_pair(first, "node1 has PingStatus ConnectionLost")

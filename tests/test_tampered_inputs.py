@@ -116,9 +116,9 @@ def test_a_corrupt_result_is_not_done_so_the_next_run_builds_exactly_it_again(da
     before = {pid: (p.read_bytes(), p.stat().st_mtime_ns) for pid, p in intact.items()}
     trial_before = {pid: (damaged.root / f"results/phase14/trials/{pid}/1.json").read_bytes() for pid in CORRUPT}
     jobs = damaged.dry_run_jobs("results/phase14/L0.done")
-    assert sorted(j["pattern"] for j in jobs["run_pattern"]) == sorted(CORRUPT)
+    assert sorted(j["pattern"] for j in jobs["fold_trials"]) == sorted(CORRUPT)
     assert "run_trial" not in jobs, jobs.get("run_trial")
-    assert all("Missing output files" in j["reason"] for j in jobs["run_pattern"]), jobs["run_pattern"]
+    assert all("Missing output files" in j["reason"] for j in jobs["fold_trials"]), jobs["fold_trials"]
     for pid in CORRUPT:  # moved aside (kept), so the result counts as missing
         assert (damaged.root / f"results/phase14/corrupt/{pid}.json").exists()
         assert not (damaged.root / f"results/phase14/runs/{pid}.json").exists()
@@ -129,7 +129,7 @@ def test_a_corrupt_result_is_not_done_so_the_next_run_builds_exactly_it_again(da
         assert (damaged.root / f"results/phase14/trials/{pid}/1.json").read_bytes() == trial_before[pid], "not measured again"
         assert not (damaged.root / f"results/phase14/corrupt/{pid}.json").exists(), "a rebuilt result's corrupt copy is removed"
     assert {pid: (p.read_bytes(), p.stat().st_mtime_ns) for pid, p in intact.items()} == before, "an intact result is never rebuilt"
-    assert "run_pattern" not in damaged.dry_run_jobs("results/phase14/L0.done")
+    assert "fold_trials" not in damaged.dry_run_jobs("results/phase14/L0.done")
     assert {p["state"] for p in json.loads(damaged.cli("status", "phase14", "--json"))["patterns"]} == {"done"}
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from disagglab.hashing import sha256_file
 from disagglab.plan.model import Plan, load_plan
-from disagglab.report.document import tracking
+from disagglab.report import tracking
 
 from conftest import ROOT, Project, make_project
 
@@ -182,7 +182,7 @@ def test_a_crash_mid_run_is_completed_not_duplicated(plan: Plan, results: Path, 
 CHILD = """
 import json, sys, time
 from pathlib import Path
-from disagglab.report.document import tracking
+from disagglab.report import tracking
 from disagglab.plan.model import load_plan
 tracking._mlflow()
 import mlflow.store.db.utils  # noqa: F401  (imports done before the barrier: all start together)

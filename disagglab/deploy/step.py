@@ -19,6 +19,7 @@ from typing import Any
 from disagglab.deploy.storage import Storage, StorageError
 from disagglab.hashing import atomic_write_json
 from disagglab.paths import ROOT, phase_key, safe_segment
+from disagglab.results.failure import failure_record
 
 
 class DeployFailed(Exception):
@@ -62,12 +63,6 @@ def deploy_pattern(phase: str, pattern: str, node_files: list[str], task_files: 
 
 
 def deploy_failure_record(phase: str, layer: str, pattern: str, engine: str, error: DeployFailed, started: float) -> dict[str, Any]:
-    """The same record a failed run leaves (results/<phase>/failures/<pattern>.json), for step deploy."""
-    from disagglab.results.records import SCHEMA_VERSION, _iso
-
-    return {
-        "schema_version": SCHEMA_VERSION, "phase": phase, "layer": layer, "pattern_id": pattern, "engine": engine,
-        "step": "deploy", "node": "control", "cause": error.cause, "exit_status": None, "log_tail": error.progress[-20:],
-        "message": f"{pattern}: step 'deploy' on control failed: {error.cause}",
-        "run_id": None, "started_at": _iso(started), "finished_at": _iso(time.time()), "logs": {},
-    }
+    """The same record a failed trial leaves (results/<phase>/failures/<pattern>.json), for step deploy."""
+    return failure_record(phase, layer, pattern, engine, "deploy", "control", error.cause, log_tail=error.progress[-20:],
+                          started=started, finished=time.time())

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from disagglab.guard import leftovers, phaselock, snakestate
-from disagglab.hashing import atomic_write_json
+from disagglab.paths import PhaseLayout
+from disagglab.results.failure import failure_record, write_failure
 from disagglab.run.ledger import alive, control_alive, fmt_time, group_alive, load_entries, owner_alive
 from disagglab.run.transport import LocalTransport, Node, Transport
 
@@ -93,24 +94,18 @@ def _stop_nodes(entry: dict[str, Any], out: list[str]) -> bool:
 
 def _failure_record(results: Path, entry: dict[str, Any], owner: dict[str, Any]) -> Path | None:
     """Say what was cut short, in the same record a failed pattern leaves (unless it has a result)."""
-    from disagglab.results.records import SCHEMA_VERSION
-
+    layout = PhaseLayout(results)
     pid = entry["pattern"]
-    if (results / "trials" / pid / f"{entry.get('trial', 1)}.json").exists() or (results / "runs" / f"{pid}.json").exists():
+    if layout.trial(pid, entry.get("trial", 1)).exists() or layout.result(pid).exists():
         return None
     step = entry.get("step") or {"step": "start", "node": "control"}
     cause = (f"the pipeline run was killed (Snakemake pid {owner.get('pid')} gone) during step '{step['step']}' on {step['node']}; "
              f"cleaned up by `disagglab recover` at {fmt_time(time.time())}")
-    record = {
-        "schema_version": SCHEMA_VERSION, "phase": entry["phase"], "layer": entry.get("layer"), "pattern_id": pid,
-        "trial": entry.get("trial", 1), "repeats": entry.get("repeats", 1),
-        "engine": entry["cfg"].get("engine"), "step": step["step"], "node": step["node"], "cause": cause,
-        "exit_status": None, "log_tail": [], "message": f"{pid}: step '{step['step']}' on {step['node']} failed: {cause}",
-        "run_id": entry.get("run_id"), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.get("started_at", 0))),
-        "finished_at": None, "logs": {},
-    }
-    path = results / "failures" / f"{pid}.json"
-    atomic_write_json(path, record)
+    record = failure_record(entry["phase"], entry.get("layer"), pid, entry["cfg"].get("engine"), step["step"], step["node"], cause,
+                            trial=(entry.get("trial", 1), entry.get("repeats", 1)), run_id=entry.get("run_id"),
+                            started=entry.get("started_at", 0))
+    path = layout.failure(pid)
+    write_failure(path, record)
     return path
 
 

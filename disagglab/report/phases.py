@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from disagglab.results.records import CorruptResult, read_result, result_problem
+from disagglab.results.read import CorruptResult, read_result, result_problem
 
 # metric -> +1 when higher is worse (latency), -1 when lower is worse (throughput)
 METRICS: dict[str, int] = {

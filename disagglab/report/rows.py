@@ -17,8 +17,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from disagglab.paths import PhaseLayout
 from disagglab.plan.model import Pattern, Plan
-from disagglab.results.records import quarantined
 from disagglab.results.status import pattern_state
 
 # Effective parameters, from the plan (the plan is what the report is about).
@@ -176,7 +176,7 @@ def pattern_row(pattern: Pattern, results_dir: Path) -> Row:
     if state == "pending":
         row["detail"] = "no result and no failure record: not run yet"
     elif state == "corrupt":
-        moved = quarantined(results_dir, pattern.id)
+        moved = PhaseLayout(results_dir).corrupt_result(pattern.id)
         row["result_file"] = str(result_path if result_path.exists() else moved if moved.exists() else failure_path)
     elif state == "done":
         _from_result(row, pattern, result_path, json.loads(result_path.read_text()))

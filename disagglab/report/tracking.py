@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from disagglab.hashing import sha256_bytes
-from disagglab.results.records import CorruptResult, quarantined, read_result, result_problem
+from disagglab.paths import PhaseLayout
+from disagglab.results.read import CorruptResult, read_result, result_problem
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -263,8 +264,8 @@ def log_phase(plan: Plan, results_dir: Path, uri: str, git_revision: str | None)
         summary["experiment_id"] = _experiment(client, name, artifacts)
         existing = _runs_by_pattern(client, summary["experiment_id"])
         for pid in plan.patterns:
-            if pid not in found and quarantined(results_dir, pid).exists():
-                moved = quarantined(results_dir, pid)
+            if pid not in found and PhaseLayout(results_dir).corrupt_result(pid).exists():
+                moved = PhaseLayout(results_dir).corrupt_result(pid)
                 summary["corrupt"][pid] = f"{results_dir / 'runs' / f'{pid}.json'}: {result_problem(moved, pid)} (moved to {moved})"
         for pid, path in found.items():
             data = path.read_bytes()

@@ -15,8 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from disagglab.paths import PhaseLayout
 from disagglab.plan.model import Plan
-from disagglab.results.records import CorruptResult, quarantined, read_result, result_problem
+from disagglab.results.read import CorruptResult, read_result, result_problem
 
 STATES = ("done", "invalid", "out-of-date", "running", "incomplete", "failed", "pending", "corrupt")
 """`invalid`: a result exists but is marked invalid (e.g. KV never moved); it is not a success."""
@@ -99,7 +100,7 @@ def pattern_state(results: Path, pid: str) -> tuple[str, str]:
             return "done", (f"{n} trials x {r['completed']} req, TTFT p50 {r['median_ttft_ms']:.1f}{spread} ms, "
                             f"TPOT p50 {r['median_tpot_ms']:.2f} ms, {valid}{sim}")
         return "done", f"{r['completed']} req, TTFT p50 {r['median_ttft_ms']:.1f} ms, TPOT p50 {r['median_tpot_ms']:.2f} ms, {valid}{sim}"
-    moved = quarantined(results, pid)
+    moved = PhaseLayout(results).corrupt_result(pid)
     if moved.exists():
         reason = result_problem(moved, pid) or "moved aside as corrupt"
         return "corrupt", f"{result}: {reason} (moved to {moved}); the next run builds it again"

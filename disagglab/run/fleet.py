@@ -112,7 +112,9 @@ def free_ports(host: str, count: int) -> list[int]:
 
 
 @dataclass
-class Executor:
+class Fleet:
+    """The node pairs a run may lease, the transport that reaches them and the store they read."""
+
     transport: Transport
     storage: Storage
     cfg: dict[str, Any]
@@ -160,18 +162,18 @@ class Executor:
             time.sleep(1.0)
 
 
-def open_executor(cfg: dict[str, Any]) -> Executor:
+def open_fleet(cfg: dict[str, Any]) -> Fleet:
     storage = open_storage(cfg)
     if cfg["executor"] == "local":
         # Real vLLM locally: node-side files run under the vLLM venv's python, as on a real node.
         python = local_vllm.runner_python(cfg)
         transport = LocalTransport(Path(cfg["local"]["nodes_dir"])) if python is None else LocalTransport(Path(cfg["local"]["nodes_dir"]), python)
-        return Executor(transport, storage, cfg)
+        return Fleet(transport, storage, cfg)
     if cfg["executor"] == "ssm":
         from disagglab import aws
 
         pairs = aws.discover_pairs(cfg)
-        return Executor(ssm_transport(cfg, storage, adaptive=len(pairs) > 1), storage, cfg, pairs)
+        return Fleet(ssm_transport(cfg, storage, adaptive=len(pairs) > 1), storage, cfg, pairs)
     raise ValueError(f"executor {cfg['executor']!r} is not available")
 
 

@@ -20,14 +20,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from disagglab.hashing import atomic_write_json
 from disagglab.paths import safe_join
-
-if TYPE_CHECKING:
-    from disagglab.run.transport import Node
-    from disagglab.run.trial import PatternRun
+from disagglab.run.transport import Transport
 
 LEDGER_DIR = ".ledger"
 OWNER_ENV = "DISAGGLAB_SNAKEMAKE"
@@ -147,19 +144,9 @@ class RunLedger:
         ledger.write()
         return ledger
 
-    @classmethod
-    def for_pattern_run(cls, run: PatternRun, used: list[Node], runner: dict[str, Any], python: str, run_id: str) -> RunLedger:
-        """The entry of a PatternRun about to start servers on `used`; local step runners are noted too."""
-        transport = run.executor.transport
-        nodes = [{"name": n.name, "address": n.address, "instance_id": n.instance_id, "node_dir": transport.node_dir(n, run.phase)}
-                 for n in used]
-        local_dir = getattr(transport, "nodes_dir", None)
-        ledger = cls.begin(run.results_dir, run.phase, run.pattern.id, run.pattern.layer, run_id, run.cfg, nodes,
-                           {"key": runner["key"], "sha256": runner["sha256"]}, python, str(local_dir) if local_dir else None,
-                           getattr(run, "trial", 1), getattr(run.pattern, "repeats", 1))
-        if hasattr(transport, "on_spawn"):
-            transport.on_spawn = lambda node, step, pid: ledger.note_process(node.name, step, pid)
-        return ledger
+    def watch(self, transport: Transport) -> None:
+        """Note every step runner a local transport starts until `clear`: recover stops them first."""
+        transport.on_spawn = lambda node, step, pid: self.note_process(node.name, step, pid)
 
     def write(self) -> None:
         atomic_write_json(self.path, self.entry)
@@ -175,9 +162,9 @@ class RunLedger:
         self.entry["step_procs"].append({"node": node, "step": step, "pid": pid, "pgid": pid, "starttime": proc_starttime(pid)})
         self.write()
 
-    def clear(self, transport: Any = None) -> None:
+    def clear(self, transport: Transport | None = None) -> None:
         """The stop steps all succeeded: nothing of this pattern runs any more."""
-        if transport is not None and hasattr(transport, "on_spawn"):
+        if transport is not None:
             transport.on_spawn = None
         self.path.unlink(missing_ok=True)  # the folder stays: a parallel pattern may be writing into it
 

@@ -28,14 +28,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from disagglab.errors import StepFailed
 from disagglab.hashing import atomic_write_json
+from disagglab.paths import PhaseLayout
+from disagglab.plan.model import Pattern
 from disagglab.run.fleet import NodePair, snakemake_run_id
-
-if TYPE_CHECKING:
-    from disagglab.run.trial import PatternRun
+from disagglab.run.steps import StepRunner
 
 SCHEMA_VERSION = 1
 PREFLIGHT_BACKENDS = ("tcp", "efa")
@@ -125,22 +125,22 @@ def _load(path: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def _measure(run: PatternRun, pair: NodePair, setup: Setup, run_id: str, sm_run: str, path: Path) -> dict[str, Any]:
-    cfg, transport = run.cfg["preflight"], run.executor.transport
-    timeout = float(cfg["timeout_s"])
-    common = ["--pattern", run.pattern.id, "--backend", setup.nixl_backend, "--env", json.dumps({**setup.env, **setup.evidence_env}),
-              "--timeout", f"{timeout:g}", "--grace", str(run.cfg["server"]["stop_grace_s"])]
-    target = run._step(pair.node1, ["preflight", "--node-dir", transport.node_dir(pair.node1, run.phase), "--role", "target",
-                                    "--bindings", json.dumps(pair.bindings(pair.node1)), "--bytes", str(cfg["bytes"]), *common], timeout + 60)
-    report = run._step(pair.node2, ["preflight", "--node-dir", transport.node_dir(pair.node2, run.phase), "--role", "initiator",
+def _measure(steps: StepRunner, cfg: dict[str, Any], pattern: Pattern, logs: Path, pair: NodePair, setup: Setup, run_id: str,
+             sm_run: str, path: Path) -> dict[str, Any]:
+    pre, transport = cfg["preflight"], steps.transport
+    timeout = float(pre["timeout_s"])
+    common = ["--pattern", pattern.id, "--backend", setup.nixl_backend, "--env", json.dumps({**setup.env, **setup.evidence_env}),
+              "--timeout", f"{timeout:g}", "--grace", str(cfg["server"]["stop_grace_s"])]
+    target = steps.run(pair.node1, ["preflight", "--node-dir", transport.node_dir(pair.node1, steps.phase), "--role", "target",
+                                    "--bindings", json.dumps(pair.bindings(pair.node1)), "--bytes", str(pre["bytes"]), *common], timeout + 60)
+    report = steps.run(pair.node2, ["preflight", "--node-dir", transport.node_dir(pair.node2, steps.phase), "--role", "initiator",
                                     "--peer", "node1", "--bindings", json.dumps(pair.bindings(pair.node2)),
-                                    "--iterations", str(cfg["iterations"]), *common], 2 * timeout + 90)["preflight"]
+                                    "--iterations", str(pre["iterations"]), *common], 2 * timeout + 90)["preflight"]
     seen = report["transport"]
-    logs = run.results_dir / "logs" / run.pattern.id
     return {
         "kind": "nixl-preflight",
         "schema_version": SCHEMA_VERSION,
-        "phase": run.phase,
+        "phase": steps.phase,
         "pair": pair.key,
         "nodes": {n.name: {"address": n.address, "instance_id": n.instance_id or None} for n in (pair.node1, pair.node2)},
         "target_node": pair.node1.name,
@@ -169,39 +169,39 @@ def _measure(run: PatternRun, pair: NodePair, setup: Setup, run_id: str, sm_run:
         "target_ready_after_s": target.get("ready_after_s"),
         "snakemake_run_id": sm_run,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "measured_by": {"pattern": run.pattern.id, "run_id": run_id,
+        "measured_by": {"pattern": pattern.id, "run_id": run_id,
                         "logs": [str(logs / "node1" / "logs" / "preflight-target.log"), str(logs / "node2" / "logs" / "preflight-initiator.log")]},
         "marker_path": str(path),
     }
 
 
-def before_servers(run: PatternRun, pair: NodePair, run_id: str, step_reports: dict[str, Any]) -> None:
-    """The hook PatternRun.run() calls after fetch: measure or reuse, record, judge.
+def before_servers(steps: StepRunner, cfg: dict[str, Any], pattern: Pattern, layout: PhaseLayout, pair: NodePair,
+                   run_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """Measure or reuse the pair's preflight after fetch; (marker, step report), or None when off.
 
-    Sets `run.preflight` (copied into the result as provenance.preflight) and
-    step_reports["preflight"]; raises StepFailed at step "preflight" on a judged failure.
+    The marker is copied into the result as provenance.preflight; raises StepFailed at step
+    "preflight" on a judged failure.
     """
-    cfg = run.cfg
-    if run.pattern.backend not in PREFLIGHT_BACKENDS or not cfg["preflight"]["enabled"]:
-        return
-    setup = setup_for(cfg, run.pattern.backend)
-    path = marker_path(run.results_dir, pair, run.pattern.backend)
+    if pattern.backend not in PREFLIGHT_BACKENDS or not cfg["preflight"]["enabled"]:
+        return None
+    setup = setup_for(cfg, pattern.backend)
+    path = marker_path(layout.root, pair, pattern.backend)
     sm_run = snakemake_run_id()
     with _locked(path):
         marker = _load(path)
         reused = reusable(marker, sm_run, setup.digest)
         if not reused:
-            run.log(f"NIXL preflight node1 -> node2 ({setup.nixl_backend}, {json.dumps(setup.env, sort_keys=True)})")
-            marker = _measure(run, pair, setup, run_id, sm_run, path)
+            steps.log(f"NIXL preflight node1 -> node2 ({setup.nixl_backend}, {json.dumps(setup.env, sort_keys=True)})")
+            marker = _measure(steps, cfg, pattern, layout.logs(pattern.id), pair, setup, run_id, sm_run, path)
             atomic_write_json(path, marker)
     assert marker is not None
-    run.preflight = marker
-    step_reports["preflight"] = {"marker": str(path), "reused": reused, "transport": marker["transport"], "bandwidth": marker["bandwidth"]}
-    run.log(f"NIXL preflight {'reused' if reused else 'measured'}: {marker['transport']}"
-            f"{' (emulated)' if marker['emulated'] else ''} at {marker['bandwidth']['mean']} GB/s, evidence {marker['evidence'][:1]}")
+    report = {"marker": str(path), "reused": reused, "transport": marker["transport"], "bandwidth": marker["bandwidth"]}
+    steps.log(f"NIXL preflight {'reused' if reused else 'measured'}: {marker['transport']}"
+              f"{' (emulated)' if marker['emulated'] else ''} at {marker['bandwidth']['mean']} GB/s, evidence {marker['evidence'][:1]}")
     required = require_efa(cfg)
-    refused = judge(marker, run.pattern.backend, required)
+    refused = judge(marker, pattern.backend, required)
     if refused:
         raise StepFailed("preflight", marker["initiator_node"], refused)
-    if run.pattern.backend == "efa" and not marker["efa_verified"]:
-        run.log(f"WARNING: efa pattern without verified EFA (efa_verified: false, require_efa: {required}): {marker['evidence'][:1]}")
+    if pattern.backend == "efa" and not marker["efa_verified"]:
+        steps.log(f"WARNING: efa pattern without verified EFA (efa_verified: false, require_efa: {required}): {marker['evidence'][:1]}")
+    return marker, report

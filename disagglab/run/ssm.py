@@ -147,6 +147,10 @@ class SsmTransport:
     boot: dict[str, Bootstrap] = field(default_factory=dict)
     online: set[str] = field(default_factory=set)
     sent: list[str] = field(default_factory=list)
+    nodes_dir: None = None
+    """Remote nodes have no folder on this host."""
+    on_spawn: Callable[[Node, str, int], None] | None = None
+    """Never called: SSM starts no local process."""
 
     def node_dir(self, node: Node, phase: str) -> str:
         """<node_root>/<node1|node2>/<phase>: distinct even when one machine plays both roles."""

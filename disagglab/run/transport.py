@@ -49,6 +49,11 @@ class StepOutcome:
 
 
 class Transport(Protocol):
+    nodes_dir: Path | None
+    """Local transports: the folder holding every node's folder (what `recover` needs); else None."""
+    on_spawn: Callable[[Node, str, int], None] | None
+    """Called with each step runner process a local transport starts (the run ledger notes it)."""
+
     def node_dir(self, node: Node, phase: str) -> str: ...
 
     def prepare(self, node: Node, phase: str, storage: Storage, runner_key: str, runner_sha256: str, python: str) -> None:
