@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from disagglab.plan.config import sim_profile
+from disagglab.plan.model import DISAGGREGATED
 
 MAX_NUM_SEQS = 256  # vLLM's default --max-num-seqs; the templates do not set it
 PARAMS_IN_NAME = re.compile(r"(?<![A-Za-z0-9.])(\d+(?:\.\d+)?)[Bb](?![A-Za-z0-9])")
@@ -203,7 +204,7 @@ def simulate_load(timing: Timing, backend: str, prompt_tokens: int, max_tokens: 
         return 0.0
     sim = _Sim()
     first = _Engine(sim, timing)
-    decode = _Engine(sim, timing) if backend in ("tcp", "efa") else None
+    decode = _Engine(sim, timing) if backend in DISAGGREGATED else None
     link_free = [0.0]
     pending = deque(range(count))
     in_flight = [0]

@@ -46,10 +46,10 @@ from typing import Any
 from disagglab.estimate import model as em
 from disagglab.hashing import sha256_file
 from disagglab.plan.config import sim_profile
-from disagglab.plan.model import Pattern, Plan
+from disagglab.plan.model import DISAGGREGATED, Pattern, Plan
 from disagglab.tasks.dag import Phases
 
-DISAGG = ("tcp", "efa")
+DISAGG = DISAGGREGATED
 AWS_SWITCH = {"executor": "ssm", "storage": "s3", "engine": "vllm"}
 """What config/aws.yaml switches: local mode prices the plan as that run would go."""
 COMPONENTS = ("server_process_s", "client_start_s", "step_s", "teardown_s", "gap_s", "invocation_s")

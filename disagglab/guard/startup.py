@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from disagglab import procs
 from disagglab.guard import leftovers, phaselock
 from disagglab.run.ledger import OWNER_ENV, identity, identity_text
 
@@ -107,13 +108,7 @@ def check_phases(argv: list[str] | None = None, workdir: Path = Path(".")) -> li
 
 def _job_processes(root: int) -> list[int]:
     """Descendants of `root` in its own process group: the jobs, not the node-side groups."""
-    parents: dict[int, tuple[int, int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        parents[int(stat.parent.name)] = (int(fields[1]), int(fields[2]))
+    parents = {pid: (int(f[procs.PPID]), int(f[procs.PGRP])) for pid, f in procs.all_processes()}
     pgid = os.getpgid(root)
     out, frontier = [], [root]
     while frontier:

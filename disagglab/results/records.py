@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from disagglab import __version__
+from disagglab.plan.model import DISAGGREGATED
 from disagglab.errors import Interrupted, StepFailed
 from disagglab.hashing import atomic_write_json, sha256_file
 from disagglab.paths import ROOT, PhaseLayout
@@ -39,7 +40,7 @@ def kv_evidence(backend: str, metrics: dict[str, Any] | None, completed: int) ->
     vLLM's NIXL metrics count transfers on the consumer; warmup requests also transfer, so
     the measured delta must be at least the completed requests, with no failed transfer.
     """
-    required = backend in ("tcp", "efa")
+    required = backend in DISAGGREGATED
     if metrics is None:
         return {"required": required, "valid": not required, "reason": "no /metrics readings"}
     delta = metrics["delta"]

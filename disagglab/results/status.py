@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from disagglab.guard import snakestate
 from disagglab.paths import PhaseLayout
 from disagglab.plan.model import Plan
 from disagglab.results.read import CorruptResult, read_result, result_problem
@@ -63,16 +64,7 @@ def snakemake_summary(phase: str, workdir: Path, configfiles: list[str] | None =
 
 def running_outputs(workdir: Path) -> tuple[set[str], bool]:
     """Outputs Snakemake marked incomplete (a job writing them), and whether a lock is held."""
-    inc = workdir / ".snakemake" / "incomplete"
-    paths = set()
-    if inc.is_dir():
-        for marker in inc.iterdir():
-            if marker.name == "migration_underway":
-                continue
-            try:
-                paths.add(base64.urlsafe_b64decode(marker.name.encode()).decode())
-            except (ValueError, UnicodeDecodeError):
-                continue
+    paths = set(snakestate.incomplete_markers(workdir).values())
     locks = workdir / ".snakemake" / "locks"
     return paths, locks.is_dir() and any(locks.iterdir())
 

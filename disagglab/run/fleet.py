@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from disagglab import procs
 from disagglab.deploy.storage import Storage, open_storage
 from disagglab.plan import local_vllm
 from disagglab.run.transport import LocalTransport, Node, Transport
@@ -41,13 +42,11 @@ def snakemake_run_id() -> str:
     if os.environ.get(OWNER_ENV):
         return os.environ[OWNER_ENV]
     ppid = os.getppid()
-    try:
-        stat = Path(f"/proc/{ppid}/stat").read_text().rsplit(")", 1)[1].split()
-        gp = int(stat[1])
-        start = Path(f"/proc/{gp}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError, ValueError):
+    parent = procs.stat_fields(ppid)
+    start = procs.starttime(int(parent[procs.PPID])) if parent else None
+    if parent is None or start is None:
         return f"pid-{ppid}"
-    return f"{gp}-{start}"
+    return f"{parent[procs.PPID]}-{start}"
 
 
 def bad_pairs(run_id: str) -> dict[str, str]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from disagglab import procs
 from disagglab.hashing import atomic_write_json
 from disagglab.paths import safe_join
 from disagglab.run.transport import Transport
@@ -34,25 +35,17 @@ OWNER_ENV = "DISAGGLAB_SNAKEMAKE"
 # ---------------------------------------------------------------------------- processes
 
 
-def proc_starttime(pid: int) -> str | None:
-    """Kernel start time of a pid (clock ticks since boot), so a recycled pid is never ours."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
+proc_starttime = procs.starttime
 
 
 def alive(pid: int | None, starttime: str | None = None) -> bool:
     """The process exists, is not a zombie, and (when given) started at `starttime`."""
     if not pid:
         return False
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+    fields = procs.stat_fields(pid)
+    if fields is None or fields[procs.STATE] in procs.GONE:
         return False
-    if fields[0] in ("Z", "X"):
-        return False
-    return starttime is None or fields[19] == starttime
+    return starttime is None or fields[procs.STARTTIME] == starttime
 
 
 def identity(pid: int | None = None) -> dict[str, Any]:
@@ -100,14 +93,7 @@ def stop_when_orphaned(poll_s: float = 1.0) -> bool:
 
 def group_alive(pgid: int) -> bool:
     """A process group with at least one member that is not a zombie."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            return True
-    return False
+    return any(int(f[procs.PGRP]) == pgid and f[procs.STATE] not in procs.GONE for _, f in procs.all_processes())
 
 
 def fmt_time(ts: float | None) -> str:

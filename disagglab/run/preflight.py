@@ -33,12 +33,12 @@ from typing import Any
 from disagglab.errors import StepFailed
 from disagglab.hashing import atomic_write_json
 from disagglab.paths import PhaseLayout
-from disagglab.plan.model import Pattern
+from disagglab.plan.model import DISAGGREGATED, Pattern
 from disagglab.run.fleet import NodePair, snakemake_run_id
 from disagglab.run.steps import StepRunner
 
 SCHEMA_VERSION = 1
-PREFLIGHT_BACKENDS = ("tcp", "efa")
+PREFLIGHT_BACKENDS = DISAGGREGATED
 # What makes each NIXL backend say which transport it used (a user's own setting wins).
 EVIDENCE_ENV = {
     "UCX": {"UCX_PROTO_INFO": "y", "NIXL_LOG_LEVEL": "INFO"},

@@ -6,6 +6,7 @@ proxy makes the disaggregated patterns out of date and leaves the unified ones a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -13,12 +14,22 @@ from disagglab.hashing import sha256_file
 from disagglab.paths import NODE_TREES, ROOT
 from disagglab.plan.model import Pattern
 
-# Files only some patterns run; every other node-side file is run by all of them.
-ONLY_FOR = {
+# Files only some patterns run, by path prefix: a node program's entry file and the folder of
+# its parts. Every other node-side file is run by all patterns.
+ONLY_FOR: dict[str, Callable[[Pattern, str], bool]] = {
     "scripts/disagg_proxy_server.py": lambda p, engine: p.disaggregated,
+    "scripts/proxy/": lambda p, engine: p.disaggregated,
     "scripts/vllm_sim.py": lambda p, engine: engine == "sim",
+    "scripts/sim/": lambda p, engine: engine == "sim",
     "remote/nixl_preflight.py": lambda p, engine: p.disaggregated,
+    "remote/preflight/": lambda p, engine: p.disaggregated,
 }
+
+
+def runs_file(rel: str, pattern: Pattern, engine: str) -> bool:
+    """Does `pattern` run the node file `rel`? (the longest matching prefix decides)."""
+    prefixes = [k for k in ONLY_FOR if rel == k or (k.endswith("/") and rel.startswith(k))]
+    return ONLY_FOR[max(prefixes, key=len)](pattern, engine) if prefixes else True
 
 
 def list_node_files(root: Path = ROOT) -> list[str]:
@@ -45,4 +56,4 @@ def node_file_digests(root: Path = ROOT) -> dict[str, str]:
 
 
 def files_for_pattern(pattern: Pattern, engine: str, digests: dict[str, str]) -> dict[str, str]:
-    return {rel: sha for rel, sha in digests.items() if ONLY_FOR.get(rel, lambda p, e: True)(pattern, engine)}
+    return {rel: sha for rel, sha in digests.items() if runs_file(rel, pattern, engine)}
