@@ -1,7 +1,8 @@
 """Deploy: copy node-side files and a pattern's tasks into the store, record key + sha256.
 
-Markers are split per unit (node files once per phase, tasks once per pattern) so that
-adding a pattern never changes what an already-finished pattern depends on.
+One marker per pattern (results/<phase>/deploy/<pattern>.json) listing exactly the node-side
+files that pattern runs and its tasks, so an edit to the proxy re-deploys only the patterns
+that run the proxy, and adding a pattern never changes what a finished pattern depends on.
 
 The marker is written last and atomically: a deploy cut short (the store went away, 5xx
 after botocore's retries) leaves no marker, so the pattern is deployed again next run. What

@@ -1,4 +1,4 @@
-"""The storage interface the deploy step and the nodes share (a local folder now, S3 later).
+"""The storage interface the deploy step and the nodes share (a local folder, or S3).
 
 Objects are addressed by exact key and identified by sha256, so a deploy uploads only
 what changed and a node can verify every byte it runs.

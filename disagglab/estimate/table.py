@@ -535,11 +535,3 @@ def fingerprint(plan: Plan, cfg: dict[str, Any], phases: Phases, results: Path =
         finished.update(f"{f}={sha256_file(f)}\n".encode())
     return [f"plan={sha256_file(plan.path)}", f"config={hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()}",
             f"tasks={tasks.hexdigest()}", f"results={len(files)}:{finished.hexdigest()}"]
-
-
-def wall_for(doc: dict[str, Any], layers: list[str] | None = None) -> float:
-    """Predicted seconds for one Snakemake run of the given layers (all when None)."""
-    if layers is None:
-        return float(doc["total"]["wall_s"])
-    return sum(doc["layers"][lid]["wall_s"] for lid in layers) + doc["once_per_run_s"]
-

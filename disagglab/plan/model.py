@@ -23,7 +23,6 @@ from disagglab.plan.schema import schema_problems, strict_validator
 
 BACKENDS = ("unified", "tcp", "efa")
 DISAGGREGATED = ("tcp", "efa")
-PATTERN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
 # A Hugging Face id is org/name with a restricted alphabet; a local model is an absolute path.
 MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 ABS_PATH_RE = re.compile(r"^(/[A-Za-z0-9._+-]+)+/?$")

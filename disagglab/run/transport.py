@@ -1,4 +1,4 @@
-"""The transport interface: run one task-runner step on a node (local subprocess now, SSM later).
+"""The transport interface: run one task-runner step on a node (a local subprocess, or SSM in run/ssm.py).
 
 The orchestration code only ever calls `prepare` and `run_step`; which machine the node
 is, and how a command reaches it, is the transport's business.
