@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from .metrics import percentile_key
@@ -21,13 +22,18 @@ def write_json_atomic(path: str, obj: Any) -> None:
     Readers (the pipeline, resume logic) then see either the old file or the
     complete new one, never a truncated JSON from a crash or a full disk.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
+
+
+# twin: disagglab/hashing.py:atomic_write_bytes
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same folder, fsync, then rename over the target."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2)
-            fh.write("\n")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
