@@ -482,7 +482,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--baseline-proxy",
         type=Path,
         help="another version of our proxy (same CLI), measured in the same rounds as path 'baseline' "
-        "(e.g. git show HEAD~3:scripts/disagg_proxy_server.py > /tmp/old.py)",
+        "(e.g. git worktree add /tmp/old HEAD~3, then /tmp/old/scripts/disagg_proxy_server.py: the entry needs its proxy/ folder)",
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs (path printed)")
     args = parser.parse_args(argv)

@@ -38,6 +38,6 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 
 def test_node_side_files_never_import_the_control_package() -> None:
-    for path in list((ROOT / "scripts").glob("*.py")) + list((ROOT / "remote").glob("*.py")):
+    for path in list((ROOT / "scripts").rglob("*.py")) + list((ROOT / "remote").rglob("*.py")):
         text = path.read_text()
         assert not re.search(r"^\s*(from|import)\s+disagglab", text, flags=re.M), path

@@ -1,0 +1,60 @@
+"""What the client gets back besides D's own bytes: errors and diagnostic headers.
+
+They say which backends served a request and which one failed, so that every
+measurement can be traced to the nodes behind it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from .backends import RequestStats
+
+
+def sse_error_event(message: str, request_id: str) -> bytes:
+    """The SSE event that ends a stream whose decode backend failed midway."""
+    event = {
+        "error": {
+            "message": message,
+            "type": "bad_gateway",
+            "role": "decode",
+            "request_id": request_id,
+        }
+    }
+    return b"data: " + json.dumps(event).encode() + b"\n\n"
+
+
+def json_response(payload: dict[str, Any], status: int, headers: dict[str, str]) -> web.Response:
+    """JSON body with our diagnostic headers."""
+    return web.Response(
+        body=json.dumps(payload).encode(),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+class RelayResponse(web.StreamResponse):
+    """A StreamResponse whose head goes out with the first body bytes (one send, one wake-up
+    of the client, instead of two); aiohttp versions without the switch send it at once."""
+
+    _send_headers_immediately = False
+
+
+def diagnostic_headers(stats: RequestStats) -> dict[str, str]:
+    """Headers that make every measurement traceable (docs/node-programs.md, "Response headers")."""
+    headers = {
+        "X-Request-Id": stats.request_id,
+        "X-Proxy-Prefill-Backend": stats.prefill.url,
+        "X-Proxy-Decode-Backend": stats.decode.url,
+    }
+    if stats.kv_params is not None:
+        headers["X-KV-Transfer-Params"] = stats.kv_params
+    if stats.prefill_ms is not None:
+        headers["X-Proxy-Prefill-Ms"] = f"{stats.prefill_ms:.2f}"
+    if stats.decode_first_byte_ms is not None:
+        headers["X-Proxy-Decode-First-Byte-Ms"] = f"{stats.decode_first_byte_ms:.2f}"
+    return headers

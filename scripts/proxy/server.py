@@ -1,0 +1,132 @@
+"""The proxy as a server: routes, listener, graceful shutdown, event loop.
+
+A signal first stops new connections and lets in-flight requests finish, so
+that stopping a pattern does not cut its last measured requests short.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import logging
+import signal
+from typing import Any
+
+from aiohttp import web
+
+from .backends import DECODE, PREFILL, Backend, http_url
+from .relay import Proxy
+
+LOG = logging.getLogger("disagg_proxy")
+
+COMPLETION_PATHS = ("/v1/completions", "/v1/chat/completions")
+# aiohttp waits up to this for handlers still running when the grace is over, then cancels
+# them and waits up to this again.
+HANDLER_CANCEL_S = 0.25
+# Long prompts sent as token-id lists exceed aiohttp's default 1 MiB request body limit.
+CLIENT_MAX_BODY = 256 * 1024 * 1024
+
+
+def build_app(proxy: Proxy) -> web.Application:
+    """Routes only; the pools live on the Proxy."""
+    app = web.Application(client_max_size=CLIENT_MAX_BODY)
+    for path in COMPLETION_PATHS:
+        app.router.add_post(path, proxy.handle_completion)
+    app.router.add_get("/health", proxy.handle_health)
+    app.router.add_get("/healthcheck", proxy.handle_health)
+    app.router.add_get("/v1/models", proxy.handle_models)
+    app.router.add_get("/metrics", proxy.handle_metrics)
+    return app
+
+
+def _make_runner(app: web.Application) -> web.AppRunner:
+    """Short handler-cancel wait on both old (site kwarg) and new (runner kwarg) aiohttp."""
+    if "shutdown_timeout" in inspect.signature(web.BaseRunner.__init__).parameters:
+        return web.AppRunner(app, access_log=None, shutdown_timeout=HANDLER_CANCEL_S)
+    return web.AppRunner(app, access_log=None)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    """Run until SIGTERM/SIGINT; then stop accepting, drain up to the grace, close and return."""
+    stop = asyncio.Event()
+    force = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        (force if stop.is_set() else stop).set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before binding: no signal is lost
+        loop.add_signal_handler(sig, on_signal)
+    proxy = Proxy(
+        prefill=[Backend(PREFILL, h, p) for h, p in zip(args.prefiller_hosts, args.prefiller_ports)],
+        decode=[Backend(DECODE, h, p) for h, p in zip(args.decoder_hosts, args.decoder_ports)],
+        connect_timeout=args.connect_timeout,
+        read_timeout=args.read_timeout,
+        health_interval=args.health_interval,
+        health_timeout=args.health_timeout,
+        eject_after=args.eject_after,
+    )
+    runner = _make_runner(build_app(proxy))
+    await runner.setup()
+    server: asyncio.AbstractServer | None = None
+    try:
+        # Our own listener (not a TCPSite) so that stopping it stops only the accepting.
+        server = await loop.create_server(runner.server, args.host, args.port, reuse_address=True, backlog=1024)
+        port = server.sockets[0].getsockname()[1] if server.sockets else args.port
+        LOG.info(
+            "backends: prefill %s; decode %s; health checks every %gs (timeout %gs, eject after %d failures); event loop: %s",
+            " ".join(b.url for b in proxy.prefill),
+            " ".join(b.url for b in proxy.decode),
+            args.health_interval,
+            args.health_timeout,
+            args.eject_after,
+            _loop_name(loop),
+        )
+        await proxy.start()
+        # Exactly this line signals readiness (--port 0 resolves to the real port here).
+        LOG.info("proxy listening on %s", http_url(args.host, port))
+        await stop.wait()
+        server.close()  # no new connections from here on
+        proxy.draining = True
+        LOG.info(
+            "signal received, shutting down: no new connections; %d request(s) in flight, waiting up to %gs for them",
+            proxy.in_flight,
+            args.shutdown_grace,
+        )
+        for conn in getattr(runner.server, "connections", []):
+            conn.close()  # idle keep-alive connections close now, busy ones after their answer
+        if proxy.in_flight:
+            waits = [asyncio.ensure_future(proxy.drained.wait()), asyncio.ensure_future(force.wait())]
+            await asyncio.wait(waits, timeout=args.shutdown_grace, return_when=asyncio.FIRST_COMPLETED)
+            for task in waits:
+                task.cancel()
+            if proxy.in_flight:
+                LOG.warning("closing %d request(s) still in flight", proxy.in_flight)
+        if runner.server is not None:
+            await runner.server.shutdown(HANDLER_CANCEL_S)
+    finally:
+        if server is not None:
+            server.close()
+        await runner.cleanup()
+        await proxy.close()
+
+
+def _loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+
+
+def run(coro: Any) -> None:
+    """asyncio.run on uvloop when it is importable (vLLM venvs ship uvicorn[standard])."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+        return
+    runner_class = getattr(asyncio, "Runner", None)  # Python 3.11+
+    if runner_class is not None:
+        with runner_class(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(coro)
+    else:  # older vLLM venvs
+        uvloop.install()
+        asyncio.run(coro)
