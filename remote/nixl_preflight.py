@@ -1,29 +1,9 @@
 #!/usr/bin/env python3
-"""A real NIXL transfer between the two nodes of a pair, before the first tcp/efa pattern.
-
-It answers "which transport will the KV cache really take, and how fast?" with the
-pattern's NIXL backend and environment, without vLLM:
-
-  target     (node1, where the prefill server runs) registers a host-memory buffer of N
-             bytes filled with a seeded pseudo-random pattern, serves its NIXL agent metadata
-             and the buffer's descriptor over HTTP (/health, /peer) on the preflight port,
-             waits for the initiator's notification and exits.
-  initiator  (node2, where the decode server runs) fetches /peer, add_remote_agent, READs
-             the buffer (one warm-up, then --iterations timed READs), verifies every byte
-             after each READ, notifies the target and writes a JSON report.
-
-READ by the node that decodes is what vLLM's NixlConnector does with the KV cache (the
-consumer pulls from the producer), so the protocol UCX picks here is the one vLLM gets.
-The descriptor travels as plain JSON (address, length, device), never pickled.
-
-Which transport was used is read from the library's own log, not guessed: UCX prints its
-protocol tables with UCX_PROTO_INFO=y ("software emulation | tcp/lo"), NIXL's LIBFABRIC
-plugin logs its provider at NIXL_LOG_LEVEL=INFO ("Discovered 4 EFA devices", "(TCP
-fallback)"). `classify` turns that text into {"transport": tcp|efa|shm|unknown, ...}; the
-task runner calls it on the initiator's log after the initiator exits.
-
-Standalone like task_runner.py: stdlib at import time; numpy and nixl are imported only by
-the two roles, and a missing nixl is reported with how to install it, not a traceback.
+"""The NIXL transport preflight: a real NIXL transfer between the two nodes of a pair, before
+the first tcp/efa pattern, with the pattern's backend and environment and without vLLM. Run
+as `target` on node1 and `initiator` on node2 (by the runner's preflight step); `classify`
+reads the transport used from the initiator's log. The protocol, the evidence it reads and
+why: docs/node-runner.md.
 """
 
 from __future__ import annotations
@@ -45,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+# twin: remote/runner/preflight.py:ERROR_PREFIX
 ERROR_PREFIX = "PREFLIGHT-ERROR "
 NOTIF_DONE = b"disagglab-preflight-done"
 # The consumer pulls the KV cache from the producer (vLLM NixlConnector's default), so: READ.
@@ -349,6 +330,7 @@ def role_initiator(args: argparse.Namespace) -> int:
     return 0
 
 
+# twin: disagglab/hashing.py:atomic_write_json
 def _write_report(path: Path, doc: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

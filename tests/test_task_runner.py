@@ -17,8 +17,8 @@ from conftest import ROOT, alive_groups
 RUNNER = ROOT / "remote" / "task_runner.py"
 
 
-def run(*args: str) -> tuple[int, dict]:
-    out = subprocess.run([sys.executable, str(RUNNER), *args], capture_output=True, text=True, timeout=60, check=False)
+def run(*args: str, runner: Path = RUNNER) -> tuple[int, dict]:
+    out = subprocess.run([sys.executable, str(runner), *args], capture_output=True, text=True, timeout=60, check=False)
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("RUNNER-RESULT ")][-1]
     return out.returncode, json.loads(line[len("RUNNER-RESULT "):])
 
@@ -62,6 +62,31 @@ def test_fetch_refuses_paths_outside_the_node_folder(tmp_path: Path) -> None:
     code, rep = run("fetch", "--node-dir", str(node), "--store", store.as_uri(), "--manifest-key", key, "--manifest-sha256", msha)
     assert code == 1 and "escapes" in rep["cause"]
     assert not (tmp_path / "escape").exists()
+
+
+def test_fetch_stop_and_collect_need_only_the_entry_file(tmp_path: Path) -> None:
+    """The control side puts only remote/task_runner.py on a node before `fetch`, and stops and
+    collects a node whose fetch failed: those steps must not need remote/runner/."""
+    store, node = tmp_path / "store", tmp_path / "node"
+    runner = node / "remote" / "task_runner.py"
+    runner.parent.mkdir(parents=True)
+    runner.write_bytes(RUNNER.read_bytes())
+    where = ["--node-dir", str(node), "--pattern", "p1-x"]
+    code, rep = run("stop", *where, runner=runner)
+    assert code == 0 and rep["stopped"] == [], rep
+    code, rep = run("collect", *where, "--store", store.as_uri(), "--output-prefix", "out", runner=runner)
+    assert code == 0 and rep["uploaded"] == [], rep
+    _task(node, ["${python}", "-c", "pass"], "http://127.0.0.1:9/health")
+    start = ["start", "--node-dir", str(node), "--task", "tasks/p1-x/unified.json", "--bindings", json.dumps({"bind_host": "127.0.0.1"})]
+    code, rep = run(*start, runner=runner)
+    assert code == 1 and rep["cause"] == f"{node / 'remote/runner'} is not on this node (was it fetched?)", rep
+    parts = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "remote" / "runner").glob("*.py"))
+    files = [{"key": f"phase1/{rel}", "path": rel, "sha256": put(store, f"phase1/{rel}", (ROOT / rel).read_bytes())} for rel in parts]
+    key, msha = manifest(store, files)
+    code, rep = run("fetch", "--node-dir", str(node), "--store", store.as_uri(), "--manifest-key", key, "--manifest-sha256", msha, runner=runner)
+    assert code == 0 and rep["fetched"] == len(parts) > 1, rep
+    code, rep = run(*start, runner=runner)
+    assert code == 1 and "exited with status 0 before it became healthy" in rep["cause"], rep
 
 
 def _task(node: Path, argv: list[str], health: str) -> None:
