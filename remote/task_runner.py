@@ -34,10 +34,10 @@ from typing import Any
 # live here and import nothing from runner/; start, bench and preflight run only after a fetch
 # succeeded, and import their parts lazily (_part).
 
-# twin: disagglab/transport.py:RESULT_PREFIX
+# twin: disagglab/run/transport.py:RESULT_PREFIX
 RESULT_PREFIX = "RUNNER-RESULT "
 LOG_TAIL_LINES = 30
-# twin: disagglab/plan.py:PATTERN_ID_RE
+# twin: config/schemas/plan.schema.json:patternId
 PATTERN_ID = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
 
 
@@ -51,7 +51,7 @@ class StepError(Exception):
         self.exit_status = exit_status
 
 
-# twin: disagglab/orchestrate.py:Interrupted
+# twin: disagglab/errors.py:Interrupted
 class Interrupted(BaseException):
     """SIGTERM or SIGINT arrived; unwinds through the step's cleanup."""
 
@@ -109,7 +109,7 @@ def run_dir_for(node_dir: Path, pattern: str) -> Path:
 # ---------------------------------------------------------------------------- processes
 
 
-# twin: disagglab/runledger.py:proc_starttime
+# twin: disagglab/procs.py:starttime
 def proc_starttime(pid: int) -> str | None:
     """Kernel start time of a pid, so a recycled pid is never mistaken for ours."""
     try:
@@ -119,7 +119,7 @@ def proc_starttime(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-# twin: disagglab/runledger.py:alive
+# twin: disagglab/run/ledger.py:alive
 def pid_alive(pid: int, starttime: str | None) -> bool:
     current = proc_starttime(pid)
     if current is None:
@@ -130,7 +130,7 @@ def pid_alive(pid: int, starttime: str | None) -> bool:
     return state != "Z"
 
 
-# twin: disagglab/runledger.py:group_alive
+# twin: disagglab/run/ledger.py:group_alive
 def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -436,7 +436,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 @contextlib.contextmanager
-# twin: disagglab/orchestrate.py:interrupts_raise
+# twin: disagglab/run/trial.py:interrupts_raise
 def interrupts_raise() -> Iterator[None]:
     def handler(signum: int, _frame: Any) -> None:
         raise Interrupted(signal.Signals(signum).name)

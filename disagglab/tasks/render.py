@@ -25,7 +25,7 @@ TEMPLATES = {
     "producer": "disaggregated-producer.json.jinja2",
     "consumer": "disaggregated-consumer.json.jinja2",
 }
-# Every token the runner knows how to bind (remote/task_runner.py BINDING_NAMES).
+# Every token the runner knows how to bind: twin of remote/runner/bindings.py BINDING_NAMES (tests/test_twins.py).
 BINDINGS = frozenset(
     {
         "python", "node_dir", "out_dir", "bind_host", "node1_host", "node2_host",

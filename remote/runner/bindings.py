@@ -15,7 +15,7 @@ from typing import Any
 
 from task_runner import StepError, run_dir_for
 
-# twin: disagglab/render.py:BINDINGS
+# twin: disagglab/tasks/render.py:BINDINGS
 BINDING_NAMES = frozenset(
     {
         "python", "node_dir", "out_dir", "bind_host", "node1_host", "node2_host",
@@ -23,7 +23,7 @@ BINDING_NAMES = frozenset(
         "producer_side_channel_port", "consumer_side_channel_port", "preflight_port",
     }
 )
-# twin: disagglab/render.py:_TOKEN
+# twin: disagglab/tasks/render.py:_TOKEN
 TOKEN = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
 
 

@@ -18,10 +18,10 @@ from typing import Any
 
 from task_runner import StepError
 
-# twin: disagglab/faults.py:RESERVED_ENV_PREFIXES
+# twin: disagglab/plan/faults.py:RESERVED_ENV_PREFIXES
 RESERVED_ENV_PREFIXES = ("DISAGG_", "DISAGGLAB_")
 """Test-only switches (fault injection, control-side config): never from a task, never inherited."""
-# twin: disagglab/faults.py:KILL_FAULT
+# twin: disagglab/plan/faults.py:KILL_FAULT
 KILL_FAULT = re.compile(r"^kill_after_s=([0-9]+(?:\.[0-9]+)?)$")
 
 
