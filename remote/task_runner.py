@@ -37,7 +37,7 @@ from typing import Any
 # twin: disagglab/run/transport.py:RESULT_PREFIX
 RESULT_PREFIX = "RUNNER-RESULT "
 LOG_TAIL_LINES = 30
-# twin: config/schemas/plan.schema.json:patternId
+# twin: config/schemas/plan.schema.json:$defs.pattern.properties.id.pattern
 PATTERN_ID = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
 
 

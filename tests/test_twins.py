@@ -27,7 +27,7 @@ from disagglab.run import ledger, transport
 from disagglab.tasks import render
 
 ROOT = Path(__file__).resolve().parent.parent
-MARKER = re.compile(r"^# twin: (?P<path>[^:]+):(?P<name>\w+)\s*$")
+MARKER = re.compile(r"^# twin: (?P<path>[^:]+):(?P<name>[\w.$]+)\s*$")
 
 
 def node_module(rel: str) -> Any:
@@ -77,21 +77,9 @@ def test_there_are_twins_and_each_names_an_existing_definition() -> None:
 
 
 def schema_pattern_id() -> str:
+    """The pattern-id rule of the plan schema (the node checks ids with the same rule)."""
     schema = json.loads((ROOT / "config/schemas/plan.schema.json").read_text())
-    found = []
-
-    def walk(node: Any, key: str = "") -> None:
-        if isinstance(node, dict):
-            if key == "id" and "pattern" in node and node.get("type") == "string":
-                found.append(node["pattern"])
-            for k, v in node.items():
-                walk(v, k)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v, key)
-
-    walk(schema)
-    return found[0]
+    return schema["$defs"]["pattern"]["properties"]["id"]["pattern"]
 
 
 def test_constants_agree() -> None:
