@@ -13,7 +13,7 @@ from pathlib import Path
 
 from disagglab.errors import InputError
 from disagglab.hashing import atomic_write_bytes, atomic_write_json
-from disagglab.paths import PLANS_DIR
+from disagglab.paths import PLANS_DIR, PhaseLayout
 from disagglab.plan.config import current_config
 
 
@@ -85,7 +85,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if _edited_tasks(phases, args):
         return 1
     node_files = sorted(files_for_pattern(pattern, phases.cfg["engine"], node_file_digests()))
-    failure = Path(args.output).parent.parent / "failures" / f"{args.pattern}.json"
+    failure = PhaseLayout(Path(args.output).parents[1]).failure(args.pattern)
     started = time.time()
     try:
         deploy_pattern(args.phase, args.pattern, node_files, [Path(t) for t in args.tasks], open_storage(phases.cfg), Path(args.output))
@@ -100,7 +100,6 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_run_trial(args: argparse.Namespace) -> int:
-    from disagglab.paths import PhaseLayout
     from disagglab.results.records import save_trial
     from disagglab.run.fleet import open_fleet
     from disagglab.run.ledger import stop_when_orphaned

@@ -102,6 +102,11 @@ class PhaseLayout:
             raise UnsafeName(f"unsafe phase {phase!r}: expected phase<N>")
         return cls(Path(results) / phase)
 
+    @classmethod
+    def every(cls, results: Path = RESULTS) -> list[PhaseLayout]:
+        """Every phase folder under results/ (the parse-time sweeps look at all of them)."""
+        return [cls(p) for p in sorted(Path(results).glob("phase*")) if p.is_dir() and PHASE_RE.fullmatch(p.name)]
+
     @property
     def phase(self) -> str:
         return self.root.name
@@ -123,6 +128,14 @@ class PhaseLayout:
 
     def trials_dir(self, pattern: str) -> Path:
         return safe_join(self.trials_root, pattern)
+
+    def fold_marker(self, pattern: str) -> Path:
+        """Written next to a pattern's trials once they are folded into its result."""
+        return self.trials_dir(pattern) / AGGREGATED
+
+    def trial_files(self) -> list[Path]:
+        """Every trial file of the phase (trials/<pattern>/<k>.json)."""
+        return [p for p in sorted(self.trials_root.glob("*/*.json")) if p.stem.isdigit()]
 
     @property
     def trials_root(self) -> Path:
@@ -164,6 +177,16 @@ class PhaseLayout:
     def preflight_dir(self) -> Path:
         return self.root / "preflight"
 
+    def preflight_marker(self, name: str) -> Path:
+        """`name` is `<pair key>-<backend>.json`; a pair key holds '+' (node1+node2), so no safe_segment."""
+        if "/" in name or name in (".", "..") or not name:
+            raise UnsafeName(f"unsafe preflight marker name {name!r}")
+        return self.preflight_dir / name
+
+    @property
+    def layer_markers(self) -> list[Path]:
+        return sorted(self.root.glob("*.done"))
+
     @property
     def corrupt_dir(self) -> Path:
         """Damaged files set aside (kept, never deleted): corrupt/<pattern>.json, corrupt/trials/<pattern>/<k>.json."""
@@ -179,3 +202,13 @@ class PhaseLayout:
     def ledger_dir(self) -> Path:
         """The control-side run ledger (disagglab/run/ledger.py)."""
         return self.root / ".ledger"
+
+
+def pattern_of(output: str | Path) -> str | None:
+    """The pattern a result or trial path belongs to (results/<phase>/runs/<p>.json, .../trials/<p>/<k>.json)."""
+    parts = Path(output).parts
+    if len(parts) >= 2 and parts[-2] == "runs":
+        return Path(output).stem
+    if len(parts) >= 3 and parts[-3] == "trials":
+        return parts[-2]
+    return None

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from disagglab.guard import phaselock, snakestate
+from disagglab.paths import pattern_of
 from disagglab.run.ledger import alive, control_alive, fmt_time, load_entries, node_orphans, owner_alive
 
 __all__ = ["Leftovers", "explain", "find", "fmt_time", "pattern_of", "recover_command", "stale_locks"]
@@ -39,16 +40,6 @@ class Leftovers:
     def since(self) -> float | None:
         times = [e.get("started_at") for _, e in self.entries] + [(self.killed_holder or {}).get("started_at")]
         return min((t for t in times if t), default=None)
-
-
-def pattern_of(output: str) -> str | None:
-    """The pattern a result or trial path belongs to (results/<phase>/runs/<p>.json, .../trials/<p>/<k>.json)."""
-    parts = Path(output).parts
-    if len(parts) >= 2 and parts[-2] == "runs":
-        return Path(output).stem
-    if len(parts) >= 3 and parts[-3] == "trials":
-        return parts[-2]
-    return None
 
 
 def recover_command(phase: str) -> str:

@@ -145,7 +145,7 @@ def recover(phase: str, workdir: Path = Path(".")) -> tuple[bool, list[str]]:
         for path, entry in entries:
             ok = _recover_entry(results, path, entry, out) and ok
         with contextlib.suppress(OSError):
-            (results / ".ledger").rmdir()
+            PhaseLayout(results).ledger_dir.rmdir()
         if killed or entries:
             locks = leftovers.stale_locks(phase, workdir)
             for lock in locks:

@@ -24,6 +24,7 @@ from typing import Any
 
 from disagglab import procs
 from disagglab.guard import leftovers, phaselock
+from disagglab.paths import RESULTS, PhaseLayout
 from disagglab.run.ledger import OWNER_ENV, identity, identity_text
 
 TARGET_PHASE = re.compile(r"(?:^|/)results/(phase[0-9]+)/")
@@ -98,7 +99,7 @@ def check_phases(argv: list[str] | None = None, workdir: Path = Path(".")) -> li
                     phaselock.release(Path(workdir) / "results" / held, previous if held == phase else None)
                 raise RunRefused(leftovers.explain(found))
         return locked
-    phases = target_phases(targets) if targets else sorted(p.parent.name for p in (Path(workdir) / "results").glob("phase*/.ledger"))
+    phases = target_phases(targets) if targets else [lay.phase for lay in PhaseLayout.every(Path(workdir) / RESULTS) if lay.ledger_dir.is_dir()]
     for phase in phases:
         found = leftovers.find(phase, workdir)
         if found.any:

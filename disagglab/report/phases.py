@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from disagglab.paths import PhaseLayout
 from disagglab.results.read import CorruptResult, read_result, result_problem
 
 # metric -> +1 when higher is worse (latency), -1 when lower is worse (throughput)
@@ -56,7 +57,8 @@ def match_key(r: dict[str, Any]) -> tuple[Any, ...]:
 
 def _load(results: Path) -> tuple[dict[tuple[Any, ...], tuple[str, dict[str, Any]]], list[str]]:
     found, skipped = {}, []
-    for path in sorted((results / "runs").glob("*.json")):
+    layout = PhaseLayout(results)
+    for path in sorted(layout.runs_dir.glob("*.json")):
         try:
             r = read_result(path, path.stem)
             key = match_key(r)
@@ -74,9 +76,9 @@ def _load(results: Path) -> tuple[dict[tuple[Any, ...], tuple[str, dict[str, Any
             found[key] = ("", {})
             continue
         found[key] = (r["pattern_id"], r)
-    for moved in sorted((results / "corrupt").glob("*.json")):
-        if not (results / "runs" / moved.name).exists():
-            skipped.append(f"{results / 'runs' / moved.name}: corrupt ({result_problem(moved, moved.stem)}; moved to {moved})")
+    for moved in sorted(layout.corrupt_dir.glob("*.json")):
+        if not layout.result(moved.stem).exists():
+            skipped.append(f"{layout.result(moved.stem)}: corrupt ({result_problem(moved, moved.stem)}; moved to {moved})")
     found = {k: v for k, v in found.items() if v[0]}
     return found, skipped
 

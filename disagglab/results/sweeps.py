@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from disagglab.paths import AGGREGATED
+from disagglab.paths import AGGREGATED, PhaseLayout
 from disagglab.results.read import CorruptResult, read_result
 from disagglab.results.status import running_outputs
 
@@ -27,7 +27,7 @@ def sweep_stale_layer_markers(results_root: Path = Path("results")) -> list[str]
     missing result, so the false claim is withdrawn before the DAG is built.
     """
     removed = []
-    for marker in sorted(results_root.glob("phase*/*.done")):
+    for marker in [m for lay in PhaseLayout.every(results_root) for m in lay.layer_markers]:
         try:
             doc = json.loads(marker.read_text())
             paths = [Path(p["result"]) for p in doc["patterns"].values()]
@@ -53,14 +53,14 @@ def sweep_deleted_results(results_root: Path = Path("results"), in_flight: set[s
     if in_flight is None:
         in_flight, _ = running_outputs(Path("."))
     moved = []
-    for marker in sorted(results_root.glob(f"phase*/trials/*/{AGGREGATED}")):
+    for marker in [m for lay in PhaseLayout.every(results_root) for m in sorted(lay.trials_root.glob(f"*/{AGGREGATED}"))]:
         try:
             doc = json.loads(marker.read_text())
             result = Path(doc["result"])
             files = [Path(f) for f in doc["trials"]]
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if result.exists() or str(result) in in_flight or (result.parents[1] / "corrupt" / result.name).exists():
+        if result.exists() or str(result) in in_flight or PhaseLayout(result.parents[1]).corrupt_result(result.stem).exists():
             continue  # (a result moved aside as corrupt is rebuilt from these trials: quarantine_corrupt_results)
         dest = marker.parent / time.strftime("superseded-%Y%m%dT%H%M%S")
         dest.mkdir(parents=True, exist_ok=True)
@@ -86,9 +86,10 @@ def quarantine_corrupt_results(results_root: Path = Path("results")) -> list[str
     not take a result moved here for one the user deleted.
     """
     moved = []
-    found = [(p, p.stem, p.parents[1] / "corrupt" / p.name) for p in sorted(results_root.glob("phase*/runs/*.json"))]
-    found += [(p, p.parent.name, p.parents[2] / "corrupt" / "trials" / p.parent.name / p.name)
-              for p in sorted(results_root.glob("phase*/trials/*/*.json")) if p.stem.isdigit()]
+    found = []
+    for lay in PhaseLayout.every(results_root):
+        found += [(p, p.stem, lay.corrupt_result(p.stem)) for p in sorted(lay.runs_dir.glob("*.json"))]
+        found += [(p, p.parent.name, lay.corrupt_trial(p.parent.name, int(p.stem))) for p in lay.trial_files()]
     for path, pattern_id, dest in found:
         try:
             read_result(path, pattern_id)

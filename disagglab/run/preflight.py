@@ -103,7 +103,7 @@ def reusable(marker: dict[str, Any] | None, run_id: str, digest: str) -> bool:
 
 def marker_path(results_dir: Path, pair: NodePair, backend: str) -> Path:
     key = re.sub(r"[^A-Za-z0-9.+-]", "_", pair.key)
-    return results_dir / "preflight" / f"{key}-{backend}.json"
+    return PhaseLayout(results_dir).preflight_marker(f"{key}-{backend}.json")
 
 
 @contextlib.contextmanager

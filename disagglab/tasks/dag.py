@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from disagglab.errors import InputError
+from disagglab.paths import PhaseLayout
 from disagglab.plan.faults import phase_of
 from disagglab.plan.model import Pattern, Plan, load_plan
 from disagglab.tasks.nodefiles import files_for_pattern, node_file_digests
@@ -59,7 +60,9 @@ class Phases:
 
     def trial_results(self, phase: str, pattern_id: str) -> list[str]:
         """The trial files a pattern's result is folded from: 1..repeats."""
-        return [f"results/{phase}/trials/{pattern_id}/{k}.json" for k in range(1, self.pattern(phase, pattern_id).repeats + 1)]
+        layout = PhaseLayout.of(phase)
+        return [str(layout.trial(pattern_id, k)) for k in range(1, self.pattern(phase, pattern_id).repeats + 1)]
 
     def layer_results(self, phase: str, layer: str) -> list[str]:
-        return [f"results/{phase}/runs/{pid}.json" for pid in self.plan(phase).layer(layer).pattern_ids]
+        layout = PhaseLayout.of(phase)
+        return [str(layout.result(pid)) for pid in self.plan(phase).layer(layer).pattern_ids]
