@@ -127,3 +127,18 @@ def test_process_identity_agrees() -> None:
 @pytest.mark.parametrize("node_file", ["remote/task_runner.py"])
 def test_interrupted_is_a_base_exception_on_both_sides(node_file: str) -> None:
     assert issubclass(node_module(node_file).Interrupted, BaseException) and not issubclass(Interrupted, Exception)
+
+
+def test_the_binding_names_tie_together() -> None:
+    """What the control side binds (a pair's addresses and ports) plus what only the node knows
+    (its python and folders) is exactly what templates may use and what the runner accepts."""
+    from disagglab.run.fleet import PORT_NAMES, NodePair
+    from disagglab.run.transport import Node
+
+    bindings = node_module("remote/runner/bindings.py")
+    pair = NodePair(Node("node1", "127.0.0.1"), Node("node2", "127.0.0.1"), dict.fromkeys(PORT_NAMES, 1))
+    control = set(pair.bindings(pair.node1))
+    node_only = {"python", "node_dir", "out_dir"}
+    assert control | node_only == set(render.BINDINGS) == set(bindings.BINDING_NAMES)
+    assert not control & node_only
+    assert bindings.given_bindings(json.dumps(pair.bindings(pair.node2))) == pair.bindings(pair.node2)
