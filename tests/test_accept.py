@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import ROOT, SNAKEMAKE, TEST_TIME_SCALE, Project, make_project, parse_dry_run
 
 PHASE = "phase14"
@@ -34,15 +35,25 @@ def copy_state(src: Path, dest: Project) -> None:
 
 
 def l0_patterns(project: Project) -> list[str]:
-    return next(layer["patterns"] for layer in project.plan(PHASE)["layers"] if layer["id"] == "L0")
+    layer = next(layer for layer in project.plan(PHASE)["layers"] if layer["id"] == "L0")
+    return [p if isinstance(p, str) else p["id"] for p in layer["patterns"]]
 
 
 def trial_files(root: Path) -> dict[str, dict]:
-    return {str(p.relative_to(root)): json.loads(p.read_text()) for p in sorted((root / "results" / PHASE / "trials").glob("*/*.json"))}
+    files = sorted((root / "results" / PHASE / "trials").glob("*/*.json"))
+    return {str(p.relative_to(root)): json.loads(p.read_text()) for p in files if p.stem.isdigit()}
 
 
 def without_provenance(doc: dict) -> dict:
     return {k: v for k, v in doc.items() if k != "provenance"}
+
+
+def git_commit(root: Path) -> str:
+    """Make the project copy a checkout of its own: the revision accept must record."""
+    git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    for args in (["init", "-q"], ["add", "-A", "--", ":!results", ":!.snakemake"], ["commit", "-qm", "refactor"]):
+        subprocess.run([*git, *args], capture_output=True, check=True)
+    return subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
 
 
 def dry_run(project: Project) -> str:
@@ -77,19 +88,22 @@ def test_accept_after_node_file_edit(finished: Project, tmp_path: Path) -> None:
     new_sha = sha256_file(node_file)
     before = trial_files(project.root)
     jobs = project.dry_run_jobs(TARGET)
-    assert jobs.get("run_trial"), jobs
-    assert all(EDITED in job.get("reason", "") for job in jobs["run_trial"]), jobs["run_trial"]
+    assert jobs.get("run_trial") and jobs.get("deploy_pattern"), jobs
+    # Snakemake names the first reason: the deploy's params name the file, the trials follow their deploy.
+    assert all(EDITED in job["reason"] for job in jobs["deploy_pattern"]), jobs["deploy_pattern"]
+    assert all(EDITED in job["reason"] or job["reason"] == f"Input files updated by another job: results/{PHASE}/deploy/{job['pattern']}.json"
+               for job in jobs["run_trial"]), jobs["run_trial"]
 
     refused = run_accept(project, "--pattern", "p14-unified-4k-c2")
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert "p14-unified-4k-c2" in refused.stderr and "missing" in refused.stderr, refused.stderr
     assert trial_files(project.root) == before  # a refusal changes nothing
 
+    revision = git_commit(project.root)
     out = run_accept(project)
     assert out.returncode == 0, out.stdout + out.stderr
     assert NOTHING in dry_run(project)
 
-    revision = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
     after = trial_files(project.root)
     assert after.keys() == before.keys() and len(after) >= len(l0_patterns(project))
     for name, doc in after.items():
@@ -99,7 +113,7 @@ def test_accept_after_node_file_edit(finished: Project, tmp_path: Path) -> None:
         (entry,) = prov["accepted"]
         assert entry["old"]["node_files_sha256"][EDITED] == old_sha and entry["new"]["node_files_sha256"][EDITED] == new_sha
         assert entry["old"]["task_sha256"] == entry["new"]["task_sha256"] == prov["task_sha256"]
-        assert entry["git_revision"] == (revision or None) and entry["by"] == "disagglab accept"
+        assert entry["git_revision"] == revision and entry["by"] == "disagglab accept"
     for pid in l0_patterns(project):
         result = project.result(PHASE, pid)
         assert result["provenance"]["accepted"][-1]["new"]["node_files_sha256"][EDITED] == new_sha, pid
@@ -107,7 +121,7 @@ def test_accept_after_node_file_edit(finished: Project, tmp_path: Path) -> None:
         assert new_sha in deployed and old_sha not in deployed, f"{pid}: deploy marker lists the old {EDITED}"
 
     status = project.cli("status", PHASE)
-    assert f"accepted " in status and f"(node files changed: {EDITED})" in status, status
+    assert "accepted " in status and f"(node files changed: {EDITED})" in status, status
     assert "out-of-date" not in status, status
 
     again = run_accept(project)  # nothing new to accept: no second entry
@@ -115,7 +129,7 @@ def test_accept_after_node_file_edit(finished: Project, tmp_path: Path) -> None:
     assert all(len(d["provenance"]["accepted"]) == 1 for d in trial_files(project.root).values())
 
 
-def test_results_of_the_old_checkout(finished: Project, tmp_path: Path) -> None:
+def test_results_of_the_old_checkout(tmp_path: Path) -> None:
     old = tmp_path / "old"
     old.mkdir()
     archive = subprocess.run(f"git -C {ROOT} archive {OLD_COMMIT} | tar -x -C {old}", shell=True, capture_output=True, text=True, check=False)
@@ -137,4 +151,12 @@ def test_results_of_the_old_checkout(finished: Project, tmp_path: Path) -> None:
     accepted = run_accept(project)
     assert accepted.returncode == 0, accepted.stdout + accepted.stderr
     assert NOTHING in dry_run(project)
-    assert all(d["provenance"].get("accepted") for d in trial_files(project.root).values())
+    from disagglab.results.read import measured_under
+
+    # Every trial counts as measured under what its deploy marker now lists; an entry says so
+    # exactly when that differs from what really ran (the old checkout may run the same files).
+    for name, doc in trial_files(project.root).items():
+        deploy = json.loads((project.root / "results" / PHASE / "deploy" / f"{doc['pattern_id']}.json").read_text())
+        deployed = {f["path"]: f["sha256"] for f in deploy["files"] if f["path"].startswith(("scripts/", "remote/"))}
+        assert measured_under(doc)["node_files_sha256"] == deployed, name
+        assert bool(doc["provenance"].get("accepted")) == (doc["provenance"]["node_files_sha256"] != deployed), name
