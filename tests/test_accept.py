@@ -87,6 +87,7 @@ def test_accept_after_node_file_edit(finished: Project, tmp_path: Path) -> None:
     node_file.write_text(node_file.read_text() + "# a comment: the refactor moved nothing that measures\n")
     new_sha = sha256_file(node_file)
     before = trial_files(project.root)
+    assert json.loads(project.cli("estimate", PHASE, "--json"))["layers"]["L0"]["trials_to_run"] == len(before)
     jobs = project.dry_run_jobs(TARGET)
     assert jobs.get("run_trial") and jobs.get("deploy_pattern"), jobs
     # Snakemake names the first reason: the deploy's params name the file, the trials follow their deploy.
@@ -120,6 +121,8 @@ def test_accept_after_node_file_edit(finished: Project, tmp_path: Path) -> None:
         deployed = (project.root / "results" / PHASE / "deploy" / f"{pid}.json").read_text()
         assert new_sha in deployed and old_sha not in deployed, f"{pid}: deploy marker lists the old {EDITED}"
 
+    # The estimate counts the accepted digests: nothing of L0 is left to measure.
+    assert json.loads(project.cli("estimate", PHASE, "--json"))["layers"]["L0"]["trials_to_run"] == 0
     status = project.cli("status", PHASE)
     assert "accepted " in status and f"(node files changed: {EDITED})" in status, status
     assert "out-of-date" not in status, status
@@ -127,6 +130,15 @@ def test_accept_after_node_file_edit(finished: Project, tmp_path: Path) -> None:
     again = run_accept(project)  # nothing new to accept: no second entry
     assert again.returncode == 0, again.stdout + again.stderr
     assert all(len(d["provenance"]["accepted"]) == 1 for d in trial_files(project.root).values())
+
+    # The fold step never measures: when a trial would still run, it stops before running anything.
+    from disagglab.results.accept import AcceptFailed, rebuild_cheaply
+
+    node_file.write_text(node_file.read_text() + "# a second edit, not accepted\n")
+    kept = trial_files(project.root)
+    with pytest.raises(AcceptFailed, match="run_trial"):
+        rebuild_cheaply(project.root, [TARGET], None)
+    assert trial_files(project.root) == kept
 
 
 def test_results_of_the_old_checkout(tmp_path: Path) -> None:
