@@ -62,6 +62,20 @@ def dry_run(project: Project) -> str:
     return out.stdout + out.stderr
 
 
+def assert_accepted(after: dict[str, dict], before: dict[str, dict], shas: tuple[str, str], revision: str) -> None:
+    """Each trial: measured data unchanged, measured digests kept, one entry naming old and new sha256 of EDITED."""
+    old_sha, new_sha = shas
+    assert after.keys() == before.keys() and after
+    for name, doc in after.items():
+        assert without_provenance(doc) == without_provenance(before[name]), f"{name}: measured data changed"
+        prov = doc["provenance"]
+        assert prov["node_files_sha256"][EDITED] == old_sha, f"{name}: the measured digests must stay"
+        (entry,) = prov["accepted"]
+        assert entry["old"]["node_files_sha256"][EDITED] == old_sha and entry["new"]["node_files_sha256"][EDITED] == new_sha
+        assert entry["old"]["task_sha256"] == entry["new"]["task_sha256"] == prov["task_sha256"]
+        assert entry["git_revision"] == revision and entry["by"] == "disagglab accept"
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Project:
     project = make_project(tmp_path_factory.mktemp("accept") / "finished")
@@ -87,6 +101,7 @@ def test_accept_after_node_file_edit(finished: Project, tmp_path: Path) -> None:
     node_file.write_text(node_file.read_text() + "# a comment: the refactor moved nothing that measures\n")
     new_sha = sha256_file(node_file)
     before = trial_files(project.root)
+    assert len(before) >= len(l0_patterns(project))
     assert json.loads(project.cli("estimate", PHASE, "--json"))["layers"]["L0"]["trials_to_run"] == len(before)
     jobs = project.dry_run_jobs(TARGET)
     assert jobs.get("run_trial") and jobs.get("deploy_pattern"), jobs
@@ -105,16 +120,7 @@ def test_accept_after_node_file_edit(finished: Project, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert NOTHING in dry_run(project)
 
-    after = trial_files(project.root)
-    assert after.keys() == before.keys() and len(after) >= len(l0_patterns(project))
-    for name, doc in after.items():
-        assert without_provenance(doc) == without_provenance(before[name]), f"{name}: measured data changed"
-        prov = doc["provenance"]
-        assert prov["node_files_sha256"][EDITED] == old_sha, f"{name}: the measured digests must stay"
-        (entry,) = prov["accepted"]
-        assert entry["old"]["node_files_sha256"][EDITED] == old_sha and entry["new"]["node_files_sha256"][EDITED] == new_sha
-        assert entry["old"]["task_sha256"] == entry["new"]["task_sha256"] == prov["task_sha256"]
-        assert entry["git_revision"] == revision and entry["by"] == "disagglab accept"
+    assert_accepted(trial_files(project.root), before, (old_sha, new_sha), revision)
     for pid in l0_patterns(project):
         result = project.result(PHASE, pid)
         assert result["provenance"]["accepted"][-1]["new"]["node_files_sha256"][EDITED] == new_sha, pid
