@@ -272,6 +272,24 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_accept(args: argparse.Namespace) -> int:
+    from disagglab.results.accept import AcceptFailed, AcceptRefused, accept, phases_for
+
+    if not re.fullmatch(r"phase[0-9]+", args.phase):
+        print(f"accept: {args.phase!r} is not a phase name (e.g. phase14)", file=sys.stderr)
+        return 2
+    try:
+        lines = accept(phases_for(args.configfile), args.phase, args.pattern, Path("."), args.configfile)
+    except AcceptRefused as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except AcceptFailed as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
 def _sigterm(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt("SIGTERM")
 
@@ -314,6 +332,9 @@ COMMANDS: list[tuple[str, tuple[str, ...], Callable[[argparse.Namespace], int], 
         (("phase",), {"help": "e.g. phase15"}),
         (("--output",), {"help": "also write the table here (atomically), e.g. results/phase15/plan.md"}), JSON,
         (("--configfile",), {"nargs": "+", "help": "config file(s) merged over config/config.yaml, as you run Snakemake with"})]),
+    ("accept", (), cmd_accept, "after a refactor: make finished results current under today's task and node-file sha256s "
+     "without measuring (deploys again, records the acceptance in provenance)",
+     [PHASE_ARG, (("--pattern",), {"nargs": "+", "help": "only these finished patterns (default: every finished pattern)"}), CONFIGFILES]),
     ("recover", (), cmd_recover, "after a killed run: stop its orphaned servers, remove the stale lock and incomplete outputs", [PHASE_ARG]),
 ]
 

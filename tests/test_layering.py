@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("deploy", ("disagglab.deploy",)),
     ("run", ("disagglab.run",)),
     ("guard", ("disagglab.guard",)),
-    ("results readers", ("disagglab.results.status", "disagglab.results.sweeps")),
+    ("results readers", ("disagglab.results.status", "disagglab.results.sweeps", "disagglab.results.accept")),
     ("report", ("disagglab.report",)),
     ("estimate", ("disagglab.estimate",)),
     ("cli", ("disagglab.cli", "disagglab.__main__")),

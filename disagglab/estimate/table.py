@@ -47,6 +47,7 @@ from disagglab.estimate import model as em
 from disagglab.hashing import sha256_file
 from disagglab.plan.config import sim_profile
 from disagglab.plan.model import DISAGGREGATED, Pattern, Plan
+from disagglab.results.read import measured_under
 from disagglab.tasks.dag import Phases
 
 DISAGG = DISAGGREGATED
@@ -73,13 +74,12 @@ def _ts(text: str | None) -> float | None:
 
 # ------------------------------------------------------------------------- what is still to run
 def _up_to_date(path: Path, phases: Phases, phase: str, pattern: Pattern) -> bool:
-    """The result measured exactly what the pattern would run now (same task and node-file sha256)."""
+    """The result measured (or was accepted as) exactly what the pattern would run now (same task and node-file sha256)."""
     try:
-        doc = json.loads(path.read_text())
-        prov = doc["provenance"]
+        under = measured_under(json.loads(path.read_text()))
         tasks = dict(item.split("=", 1) for item in phases.task_digests(phase, pattern.id))
         files = dict(item.split("=", 1) for item in phases.node_file_fingerprint(phase, pattern.id))
-        return prov["task_sha256"] == tasks and prov["node_files_sha256"] == files
+        return under["task_sha256"] == tasks and under["node_files_sha256"] == files
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
 

@@ -185,6 +185,8 @@ def _note(row: Row) -> str:
         bits.append(f"stale ({row['stale']})")
     if row.get("efa_verified") is False:
         bits.append(f"EFA not verified (NIXL preflight: {row.get('preflight_transport')})")
+    if row.get("accepted"):
+        bits.append(str(row["accepted"]))
     return _short("; ".join(bits))
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from disagglab.paths import PhaseLayout
 from disagglab.plan.model import Pattern, Plan
+from disagglab.results.read import latest_acceptance_note
 from disagglab.results.status import pattern_state
 
 # Effective parameters, from the plan (the plan is what the report is about).
@@ -28,7 +29,7 @@ PARAM_COLUMNS = (
 )
 STATE_COLUMNS = (
     "status", "detail", "failure_step", "failure_node", "failure_cause", "validity", "validity_reason", "stale",
-    "engine", "simulated", "result_file",
+    "engine", "simulated", "result_file", "accepted",
 )
 # The NIXL preflight of the result's node pair (provenance.preflight): what the KV path was measured as.
 PREFLIGHT_COLUMNS = ("preflight_transport", "preflight_bandwidth_gb_s", "efa_verified")
@@ -129,6 +130,7 @@ def _from_result(row: Row, pattern: Pattern, path: Path, result: dict[str, Any])
     for key in metric_keys(result):
         row[key] = result[key]
     row["repeats"] = result.get("repeats", 1)
+    row["accepted"] = latest_acceptance_note(result)  # measured under older digests, accepted as current
     for key, st in (result.get("stats") or {}).items():
         if isinstance(st, dict) and number(st.get("ci_low")) is not None and number(st.get("ci_high")) is not None:
             row[f"{key}_ci_low"], row[f"{key}_ci_high"] = float(st["ci_low"]), float(st["ci_high"])

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from disagglab.hashing import sha256_bytes
 from disagglab.paths import PhaseLayout
-from disagglab.results.read import CorruptResult, read_result, result_problem
+from disagglab.results.read import CorruptResult, latest_acceptance_note, read_result, result_problem
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -290,6 +290,9 @@ def log_phase(plan: Plan, results_dir: Path, uri: str, git_revision: str | None)
                         "validity": "valid" if (result.get("validity") or {}).get("valid") else "invalid",
                         "result_sha256": sha, "git_revision": git_revision or "unknown", "status": INCOMPLETE,
                     }
+                    accepted = latest_acceptance_note(result)
+                    if accepted:  # measured under older digests, accepted as current by `disagglab accept`
+                        tags["accepted"] = accepted[:5000]
                     reasons = (result.get("validity") or {}).get("reasons")
                     if reasons:
                         tags["validity_reasons"] = "; ".join(map(str, reasons))[:5000]

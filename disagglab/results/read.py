@@ -73,3 +73,44 @@ def result_problem(path: Path, pattern_id: str | None = None) -> str | None:
     except CorruptResult as exc:
         return exc.reason
     return None
+
+
+# ---------------------------------------------------------------------------- accepted results
+DIGEST_KEYS = ("task_sha256", "node_files_sha256")
+
+
+def acceptances(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The `disagglab accept` entries of a trial or result (provenance.accepted), oldest first."""
+    accepted = (doc.get("provenance") or {}).get("accepted") or []
+    return [a for a in accepted if isinstance(a, dict)] if isinstance(accepted, list) else []
+
+
+def measured_under(doc: dict[str, Any]) -> dict[str, Any]:
+    """The task and node-file sha256s a trial counts as measured under: the latest accepted
+    "new" digests, else the ones that really ran (provenance.task_sha256 / node_files_sha256)."""
+    accepted = acceptances(doc)
+    source = accepted[-1].get("new") or {} if accepted else doc.get("provenance") or {}
+    return {key: source.get(key) for key in DIGEST_KEYS}
+
+
+def changed_keys(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[str]:
+    """Keys whose value differs, was added or was removed."""
+    old, new = old or {}, new or {}
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def acceptance_note(entry: dict[str, Any]) -> str:
+    """'accepted 2026-12-03 09:10 (node files changed: scripts/benchmark_common.py)'."""
+    old, new = entry.get("old") or {}, entry.get("new") or {}
+    bits = []
+    for key, what in (("node_files_sha256", "node files"), ("task_sha256", "tasks")):
+        changed = changed_keys(old.get(key), new.get(key))
+        if changed:
+            bits.append(f"{what} changed: {', '.join(changed)}")
+    when = str(entry.get("at") or "?")[:16].replace("T", " ")
+    return f"accepted {when}" + (f" ({'; '.join(bits)})" if bits else "")
+
+
+def latest_acceptance_note(doc: dict[str, Any]) -> str | None:
+    accepted = acceptances(doc)
+    return acceptance_note(accepted[-1]) if accepted else None

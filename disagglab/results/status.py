@@ -18,7 +18,7 @@ from typing import Any
 from disagglab.guard import snakestate
 from disagglab.paths import PhaseLayout
 from disagglab.plan.model import Plan
-from disagglab.results.read import CorruptResult, read_result, result_problem
+from disagglab.results.read import CorruptResult, latest_acceptance_note, read_result, result_problem
 
 STATES = ("done", "invalid", "out-of-date", "running", "incomplete", "failed", "pending", "corrupt")
 """`invalid`: a result exists but is marked invalid (e.g. KV never moved); it is not a success."""
@@ -84,6 +84,8 @@ def pattern_state(results: Path, pid: str) -> tuple[str, str]:
             return "corrupt", f"{result}: {exc.reason}; the next run builds it again"
         valid = "valid" if r["validity"]["valid"] else "INVALID: " + "; ".join(map(str, r["validity"].get("reasons") or []))
         sim = " simulated" if r.get("simulated") else ""
+        accepted = latest_acceptance_note(r)
+        sim += f"; {accepted}" if accepted else ""
         n = int(r.get("repeats", 1))
         if n > 1:
             st = (r.get("stats") or {}).get("median_ttft_ms") or {}
