@@ -45,6 +45,7 @@ from typing import Any
 
 from disagglab.estimate import model as em
 from disagglab.hashing import sha256_file
+from disagglab.paths import PhaseLayout
 from disagglab.plan.config import sim_profile
 from disagglab.plan.model import DISAGGREGATED, Pattern, Plan
 from disagglab.results.read import measured_under
@@ -87,10 +88,10 @@ def _up_to_date(path: Path, phases: Phases, phase: str, pattern: Pattern) -> boo
 def trials_to_run(phases: Phases, phase: str, pattern: Pattern, results: Path) -> tuple[int, int]:
     """(trials still to run, trials planned) for one pattern."""
     repeats = int(getattr(pattern, "repeats", 1) or 1)
-    trial_dir = results / phase / "trials" / pattern.id
-    if not trial_dir.is_dir():  # a result from before trials existed counts as its one trial
-        return (0 if _up_to_date(results / phase / "runs" / f"{pattern.id}.json", phases, phase, pattern) else 1) * repeats, repeats
-    done = sum(1 for k in range(1, repeats + 1) if _up_to_date(trial_dir / f"{k}.json", phases, phase, pattern))
+    layout = PhaseLayout(results / phase)
+    if not layout.trials_dir(pattern.id).is_dir():  # a result from before trials existed counts as its one trial
+        return (0 if _up_to_date(layout.result(pattern.id), phases, phase, pattern) else 1) * repeats, repeats
+    done = sum(1 for k in range(1, repeats + 1) if _up_to_date(layout.trial(pattern.id, k), phases, phase, pattern))
     return repeats - done, repeats
 
 
@@ -208,7 +209,7 @@ def _profile_used(results: Path, doc: dict[str, Any]) -> dict[str, Any] | None:
     """The stand-in profile the result ran with, from its task file when that is still the one it ran."""
     phase, pid = doc.get("phase"), doc.get("pattern_id")
     for role, sha in (doc.get("provenance", {}).get("task_sha256") or {}).items():
-        task = results / str(phase) / "tasks" / str(pid) / f"{role}.json"
+        task = PhaseLayout.of(str(phase), results).task(str(pid), role)
         try:
             if sha256_file(task) != sha:
                 continue
@@ -243,12 +244,11 @@ def observation(results: Path, path: Path, cfg: dict[str, Any]) -> Observation |
 def result_files(results: Path) -> list[Path]:
     """Every finished trial: a pattern's trial files when it has them, else its result."""
     files = []
-    for run in sorted(results.glob("phase*/runs/*.json")):
-        trials = sorted((run.parent.parent / "trials" / run.stem).glob("[0-9]*.json"))
-        files.extend(trials or [run])
-    for trial_dir in sorted(results.glob("phase*/trials/*")):
-        if not (trial_dir.parent.parent / "runs" / f"{trial_dir.name}.json").exists():
-            files.extend(sorted(trial_dir.glob("[0-9]*.json")))
+    for layout in PhaseLayout.every(results):
+        trials = layout.trial_files()
+        with_trials = {t.parent.name for t in trials}
+        files.extend(r for r in sorted(layout.runs_dir.glob("*.json")) if r.stem not in with_trials)
+        files.extend(trials)
     return files
 
 
@@ -530,7 +530,7 @@ def fingerprint(plan: Plan, cfg: dict[str, Any], phases: Phases, results: Path =
     for pid in plan.patterns:
         tasks.update("\n".join([*phases.task_digests(phase, pid), *phases.node_file_fingerprint(phase, pid), ""]).encode())
     finished = hashlib.sha256()
-    files = sorted(results.glob("phase*/runs/*.json")) + sorted(results.glob("phase*/trials/*/*.json"))
+    files = [f for lay in PhaseLayout.every(results) for f in (*sorted(lay.runs_dir.glob("*.json")), *sorted(lay.trials_root.glob("*/*.json")))]
     for f in files:
         finished.update(f"{f}={sha256_file(f)}\n".encode())
     return [f"plan={sha256_file(plan.path)}", f"config={hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()}",

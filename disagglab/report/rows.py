@@ -167,8 +167,7 @@ def pattern_row(pattern: Pattern, results_dir: Path) -> Row:
     row: Row = dict.fromkeys((*STATE_COLUMNS, *PREFLIGHT_COLUMNS, *PER_GPU_COLUMNS))
     row.update(_params(pattern))
     row["gpus_used"] = pattern.spec["infrastructure"]["tp_size"] * len(pattern.roles)
-    result_path = results_dir / "runs" / f"{pattern.id}.json"
-    failure_path = results_dir / "failures" / f"{pattern.id}.json"
+    result_path, failure_path = PhaseLayout(results_dir).result(pattern.id), PhaseLayout(results_dir).failure(pattern.id)
     try:
         state, detail = pattern_state(results_dir, pattern.id)
     except (ValueError, KeyError, TypeError) as exc:

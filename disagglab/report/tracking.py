@@ -249,7 +249,8 @@ def log_phase(plan: Plan, results_dir: Path, uri: str, git_revision: str | None)
     older run, which is made current again], "runs": {pattern id: current run id}}.
     """
     results_dir = Path(results_dir)
-    found = {pid: results_dir / "runs" / f"{pid}.json" for pid in plan.patterns}
+    layout = PhaseLayout(results_dir)
+    found = {pid: layout.result(pid) for pid in plan.patterns}
     found = {pid: path for pid, path in found.items() if path.is_file()}
     summary: dict[str, Any] = {"created": [], "unchanged": [], "superseded": [], "reinstated": [], "runs": {}, "corrupt": {}}
     mlflow = _mlflow()
@@ -266,7 +267,7 @@ def log_phase(plan: Plan, results_dir: Path, uri: str, git_revision: str | None)
         for pid in plan.patterns:
             if pid not in found and PhaseLayout(results_dir).corrupt_result(pid).exists():
                 moved = PhaseLayout(results_dir).corrupt_result(pid)
-                summary["corrupt"][pid] = f"{results_dir / 'runs' / f'{pid}.json'}: {result_problem(moved, pid)} (moved to {moved})"
+                summary["corrupt"][pid] = f"{layout.result(pid)}: {result_problem(moved, pid)} (moved to {moved})"
         for pid, path in found.items():
             data = path.read_bytes()
             sha = sha256_bytes(data)
@@ -298,7 +299,7 @@ def log_phase(plan: Plan, results_dir: Path, uri: str, git_revision: str | None)
                         tags["validity_reasons"] = "; ".join(map(str, reasons))[:5000]
                     keep = client.create_run(summary["experiment_id"], start_time=_millis(result.get("started_at")),
                                              tags=tags, run_name=pid)
-                _log_run(client, keep.info.run_id, result, data, pid, results_dir / "logs" / pid)
+                _log_run(client, keep.info.run_id, result, data, pid, layout.logs(pid))
                 summary["created"].append(pid)
             elif keep.data.tags.get("status") == SUPERSEDED:
                 client.set_tag(keep.info.run_id, "status", CURRENT)

@@ -49,7 +49,7 @@ def snakemake_summary(phase: str, workdir: Path, configfiles: list[str] | None =
     """output path -> (status, plan) for every output of the phase, from `snakemake --summary`."""
     exe = Path(sys.executable).parent / "snakemake"
     extra = ["--configfile", *configfiles] if configfiles else []
-    out = subprocess.run([str(exe), f"results/{phase}/all.done", "--summary", "--nolock", *extra], cwd=workdir,
+    out = subprocess.run([str(exe), str(PhaseLayout.of(phase).phase_marker), "--summary", "--nolock", *extra], cwd=workdir,
                          capture_output=True, text=True, timeout=600, check=False)
     if out.returncode != 0:
         tail = "\n".join((out.stderr or out.stdout).strip().splitlines()[-15:])
@@ -76,7 +76,7 @@ def _metrics(result: dict[str, Any]) -> dict[str, Any]:
 
 def pattern_state(results: Path, pid: str) -> tuple[str, str]:
     """(state, detail) from the files a run leaves: a result, a failure record, or nothing."""
-    result, failure = results / "runs" / f"{pid}.json", results / "failures" / f"{pid}.json"
+    result, failure = PhaseLayout(results).result(pid), PhaseLayout(results).failure(pid)
     if result.exists():
         try:
             r = read_result(result, pid)
@@ -114,7 +114,7 @@ def pattern_state_failure(failure: Path) -> tuple[str, str]:
 
 
 def _finished_trials(results: Path, pid: str) -> list[int]:
-    folder = results / "trials" / pid
+    folder = PhaseLayout(results).trials_dir(pid)
     return sorted(int(p.stem) for p in folder.glob("*.json") if p.stem.isdigit()) if folder.is_dir() else []
 
 
@@ -133,10 +133,10 @@ def phase_status(plan: Plan, workdir: Path = Path("."), configfiles: list[str] |
     out = []
     for layer in plan.layers:
         for pid in layer.pattern_ids:
-            rel = f"results/{plan.phase_name}/runs/{pid}.json"
+            rel = str(PhaseLayout.of(plan.phase_name).result(pid))
             state, detail = pattern_state(results, pid)
             metrics = None
-            trials = f"results/{plan.phase_name}/trials/{pid}/"
+            trials = f"{PhaseLayout.of(plan.phase_name).trials_dir(pid)}/"
             if pid in cut_short:
                 state, detail = "incomplete", (f"cut short when its run was killed ({leftovers.fmt_time(found.since)}); "
                                                f"clean up with `{leftovers.recover_command(plan.phase_name)}`")
@@ -157,7 +157,7 @@ def phase_status(plan: Plan, workdir: Path = Path("."), configfiles: list[str] |
                     todo = [k for k in range(1, repeats + 1) if k not in have]
                     reason = f"trial(s) {', '.join(map(str, todo))} of {repeats} not measured yet" if todo else pending[0][0]
                     state, detail = "out-of-date", f"{reason}; {detail}"
-                failure = results / "failures" / f"{pid}.json"
+                failure = PhaseLayout(results).failure(pid)
                 if failure.exists():  # a result stands, but the latest attempt (e.g. an added trial) failed
                     _, why = pattern_state_failure(failure)
                     detail += f"; last attempt failed: {why}"
