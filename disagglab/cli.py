@@ -24,17 +24,23 @@ def _phases():
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """Each plan on its own, then against the configuration (model context, memory); warnings
+    follow the "ok" line on stderr, as `-n`, `status` and plan.md show them."""
+    from disagglab.plan.checks import check_plan, print_warnings
     from disagglab.plan.model import load_plan
 
+    cfg = current_config()
     bad = 0
     for path in args.plans:
         try:
             plan = load_plan(path)
+            warnings = check_plan(plan, cfg)
         except InputError as exc:
             bad += 1
             print(exc, file=sys.stderr)
             continue
-        print(f"{path}: ok ({len(plan.layers)} layers, {len(plan.patterns)} patterns)")
+        print(f"{path}: ok ({len(plan.layers)} layers, {len(plan.patterns)} patterns" + (f", {len(warnings)} warnings)" if warnings else ")"))
+        print_warnings(warnings)
     return 2 if bad else 0
 
 
@@ -223,9 +229,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from disagglab.plan.checks import warning_lines
     from disagglab.results.status import leftover_note, phase_status, status_json, status_lines
 
-    plan = _phases().plan(args.phase)
+    phases = _phases()
+    plan = phases.plan(args.phase)
+    warnings = warning_lines(phases.warnings[args.phase])
     try:
         statuses = phase_status(plan, Path("."), args.configfile)
     except RuntimeError as exc:
@@ -236,7 +245,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(note)
     elif note:
         print(note, file=sys.stderr)
-    print(status_json(plan, statuses) if args.json else "\n".join(status_lines(plan, statuses)))
+    print(status_json(plan, statuses, warnings) if args.json else "\n".join([*status_lines(plan, statuses), *warnings]))
     return 0
 
 

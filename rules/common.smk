@@ -42,7 +42,8 @@ BASEDIR = workflow.basedir
 # `exec`: the job's shell becomes the Python process, so a SIGTERM to the group reaches the code
 # that stops the servers, and Snakemake waits for it (bash would die at once, orphaning it).
 RUN = f"exec env PYTHONPATH={shlex.quote(BASEDIR)} {shlex.quote(PYTHON)} -m disagglab"
-PHASES = Phases(PLANS_DIR, config)
+# show_warnings: a plan's warnings (disagglab/plan/checks.py) go to stderr once, in -n and in runs.
+PHASES = Phases(PLANS_DIR, config, show_warnings=True)
 
 # Test-only fault injection (disagglab/faults.py): a wrong DISAGGLAB_FAULTS stops the run before any job.
 try:

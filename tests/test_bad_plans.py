@@ -108,6 +108,23 @@ CASES: list[tuple[str, str, str, str]] = [
     ("request rate with offline", mutate(lambda d: p0(d).update(request_rate=2.0, measurement_type="offline")), "layers[0].patterns[0].request_rate", "needs measurement_type 'online'"),
     ("burstiness without rate", mutate(_set([*PAT, "burstiness"], 0.5)), "layers[0].patterns[0].burstiness", "only with a request_rate"),
     ("prefix_cache as string", mutate(_set([*PAT, "prefix_cache"], "yes")), "layers[0].patterns[0].prefix_cache", "expected boolean"),
+    # Bounds with reasons (issue 11): fixed ones in the schema, the rest in disagglab/plan/bounds.py and fit.py.
+    ("concurrency 10^12", mutate(_set([*PAT, "concurrency"], 10**12)), "layers[0].patterns[0].concurrency", "greater than the maximum of 960 (At most 960 requests in flight"),
+    ("prompt_tokens 10^9", mutate(_set([*PAT, "prompt_tokens"], 10**9)), "layers[0].patterns[0].prompt_tokens", "greater than the maximum of 1048576"),
+    ("measurement_iterations 10^9", mutate(_set(["common_settings", "measurement_iterations"], 10**9)), "common_settings.measurement_iterations", "greater than the maximum of 10000"),
+    ("warmup_iterations 10^9", mutate(_set(["common_settings", "warmup_iterations"], 10**9)), "common_settings.warmup_iterations", "greater than the maximum of 10000"),
+    ("max_tokens 10^9", mutate(_set(["common_settings", "max_tokens"], 10**9)), "common_settings.max_tokens", "greater than the maximum of 1048576"),
+    ("tp_size 64", mutate(_set(["infrastructure", "tp_size"], 64)), "infrastructure.tp_size", "greater than the maximum of 16"),
+    ("node_count 3", mutate(_set(["infrastructure", "node_count"], 3)), "infrastructure.node_count", "greater than the maximum of 2"),
+    ("slo of a day", mutate(_set([*PAT, "slo"], {"e2el_ms": 86_400_000})), "layers[0].patterns[0].slo.e2el_ms", "greater than the maximum of 3600000"),
+    ("tcp concurrency above the proxy's descriptors", mutate(_set(["layers", 0, "patterns", 1, "concurrency"], 321)), "layers[0].patterns[1].concurrency", "321 is above 320: the proxy holds"),
+    ("offline tcp sends too many at once", mutate(lambda d: (d["common_settings"].update(measurement_iterations=400), d["layers"][0]["patterns"][1].update(measurement_type="offline"))),
+     "layers[0].patterns[1].measurement_type", "offline sends all 400 measured requests at once"),
+    ("prompt beyond the model's context", mutate(_set([*PAT, "prompt_tokens"], 32760)), "layers[0].patterns[0].prompt_tokens", "prompt_tokens + max_tokens = 32770 exceeds the context of Qwen/Qwen2.5-7B-Instruct (32768 tokens"),
+    ("max_model_len beyond the model's context", mutate(_set([*PAT, "max_model_len"], 65536)), "layers[0].patterns[0].max_model_len", "max_model_len 65536 exceeds the context of Qwen/Qwen2.5-7B-Instruct"),
+    ("more GPUs than the instance has", mutate(_set(["infrastructure", "gpu_count_per_node"], 8)), "infrastructure.gpu_count_per_node", "exceeds the 4 GPUs of g5.12xlarge"),
+    ("weights do not fit", mutate(_set(["common_settings", "gpu_memory_utilization"], 0.55)), "layers[0].patterns[0]", "the weights alone do not fit"),
+    ("not even one request fits", mutate(_set(["common_settings", "gpu_memory_utilization"], 0.6)), "layers[0].patterns[3]", "less than one request of max_model_len 4096 (vLLM will not start)"),
 ]
 IDS = [c[0] for c in CASES]
 

@@ -46,6 +46,7 @@ from typing import Any
 from disagglab.estimate import model as em
 from disagglab.hashing import sha256_file
 from disagglab.paths import PhaseLayout
+from disagglab.plan.checks import plan_findings, warning_lines
 from disagglab.plan.config import sim_profile
 from disagglab.plan.model import DISAGGREGATED, Pattern, Plan
 from disagglab.results.read import measured_under
@@ -385,6 +386,8 @@ class Estimate:
     nodes: int
     timing_source: str
     aws_timing_source: str | None
+    warnings: list[str] = field(default_factory=list)
+    """The plan's warnings (disagglab/plan/checks.py), as validate, -n and status show them."""
 
     def layer_rows(self, layer: str) -> list[PatternEstimate]:
         return [p for p in self.patterns if p.layer == layer]
@@ -414,6 +417,7 @@ class Estimate:
                                         "pipeline_s": round(p.trial.pipeline_s, 3), "gap_s": round(p.trial.gap_s, 3),
                                         "wall_s": round(p.wall_s, 3)} for p in self.patterns},
         }
+        doc["warnings"] = self.warnings
         doc["total"] = totals(self.patterns, False)
         doc["total"]["wall_s"] = round(doc["total"]["wall_s"] + self.once_s(), 3)
         doc["total"].update(self.cost(doc["total"]["wall_s"], False))
@@ -462,7 +466,7 @@ def estimate(plan: Plan, cfg: dict[str, Any], results: Path = Path("results"), w
     price = prices.get(infra["instance_type"])
     return Estimate(phase, plan.name, infra["instance_type"], executor, engine, float(cfg["sim"].get("time_scale", 1.0)) if engine == "sim" else None,
                     rows, [(lay.id, lay.name) for lay in plan.layers], fit, aws_fit, None if price is None else float(price),
-                    2, timing_source or "", aws_source)
+                    2, timing_source or "", aws_source, warning_lines(plan_findings(plan, cfg).warnings))
 
 
 # ------------------------------------------------------------------------- the table
@@ -478,6 +482,8 @@ def markdown(est: Estimate) -> str:
     what = f"executor {est.executor}, engine {est.engine}" + (f" (stand-in, time_scale {est.time_scale:g})" if est.time_scale else "")
     lines = [f"# Estimate for {est.phase}: {est.plan_name}", "",
              f"What runs: {what}. Instance type {est.instance_type}; a node pair ({est.nodes} instances) is leased per pattern.", ""]
+    if est.warnings:  # never blocks a run; the same lines as validate, -n and status
+        lines += ["## Warnings", "", *(f"- {w}" for w in est.warnings), ""]
     head = ["layer", "patterns to run", "trials to run", "est. wall time"]
     if local:
         head += [f"on AWS ({est.instance_type}, vLLM): patterns", "on AWS: wall time", "on AWS: instance-hours", "on AWS: cost (USD)"]

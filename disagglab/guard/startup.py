@@ -67,10 +67,13 @@ def plan_loads(phase: str) -> bool:
     nothing (not even a lock file) may be written under results/ for it."""
     from disagglab.errors import InputError
     from disagglab.paths import PLANS_DIR
+    from disagglab.plan.checks import plan_findings
+    from disagglab.plan.config import current_config
     from disagglab.plan.model import load_plan
 
     try:
-        load_plan(PLANS_DIR / f"{phase}.json")
+        if plan_findings(load_plan(PLANS_DIR / f"{phase}.json"), current_config()).errors:
+            return False  # context or memory: the DAG reports it
     except (InputError, OSError):
         return False
     return True

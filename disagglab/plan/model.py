@@ -18,6 +18,7 @@ from typing import Any
 
 from disagglab.errors import PlanError, Problem
 from disagglab.paths import SCHEMA_DIR
+from disagglab.plan.bounds import in_flight_problems
 from disagglab.plan.jsonpath import format_path
 from disagglab.plan.schema import schema_problems, strict_validator
 
@@ -159,7 +160,7 @@ def _cross_field_problems(doc: dict[str, Any], file: str, stem: str) -> list[Pro
                 add([*here, "max_model_len"], f"{pat['max_model_len']} is less than prompt_tokens + max_tokens = {need}")
     if any_disagg and infra["node_count"] < 2:
         add(["infrastructure", "node_count"], f"node_count {infra['node_count']} < 2 but the plan has tcp/efa patterns (prefill and decode need two nodes)")
-    return problems
+    return problems + in_flight_problems(doc, file)
 
 
 def _parse_json(text: str, file: str) -> Any:

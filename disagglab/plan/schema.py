@@ -9,7 +9,7 @@ Two things the stock `jsonschema` validator gets wrong for us:
 - its messages ("... is not valid under any of the given schemas") do not say what to fix.
   `schema_problems` turns each error into a Problem with the JSON path and a reason a user
   can act on (unknown key and the allowed ones, missing key, expected type, the rule's
-  description for a failed `pattern`/`const`, which alternative of a `oneOf` to pick).
+  description for a failed `pattern`/`const`/`maximum`, which alternative of a `oneOf` to pick).
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def schema_problems(validator: Any, doc: Any, file: str) -> list[Problem]:
         if err.validator == "const":
             problems.append(Problem(file, format_path(path), _described(err, f"must be {err.validator_value!r}, got {err.instance!r}")))
             continue
-        if err.validator == "pattern":
+        if err.validator in ("pattern", "maximum"):  # a maximum says why in its description
             problems.append(Problem(file, format_path(path), _described(err, err.message)))
             continue
         if err.validator == "oneOf":

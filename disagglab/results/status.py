@@ -191,5 +191,7 @@ def status_lines(plan: Plan, statuses: list[PatternStatus]) -> list[str]:
     return [f"{plan.phase_name}: " + ", ".join(f"{total[k]} {k}" for k in STATES if k in total), *lines]
 
 
-def status_json(plan: Plan, statuses: list[PatternStatus]) -> str:
-    return json.dumps({"phase": plan.phase_name, "patterns": [asdict(s) for s in statuses]}, indent=2, sort_keys=True)
+def status_json(plan: Plan, statuses: list[PatternStatus], warnings: list[str] | None = None) -> str:
+    """`warnings`: the plan's (disagglab/plan/checks.py), the lines the text form ends with."""
+    doc = {"phase": plan.phase_name, "patterns": [asdict(s) for s in statuses], "warnings": warnings or []}
+    return json.dumps(doc, indent=2, sort_keys=True)

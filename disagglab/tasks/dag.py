@@ -12,8 +12,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from disagglab.errors import InputError
+from disagglab.errors import InputError, Problem
 from disagglab.paths import PhaseLayout
+from disagglab.plan.checks import check_plan, print_warnings
 from disagglab.plan.faults import phase_of
 from disagglab.plan.model import Pattern, Plan, load_plan
 from disagglab.tasks.nodefiles import files_for_pattern, node_file_digests
@@ -21,14 +22,22 @@ from disagglab.tasks.render import render_task, sha256_text
 
 
 class Phases:
-    def __init__(self, plans_dir: Path, cfg: dict[str, Any]):
+    def __init__(self, plans_dir: Path, cfg: dict[str, Any], show_warnings: bool = False):
         self.plans_dir = plans_dir
         self.cfg = cfg
         self.cfg_json = json.dumps(cfg, sort_keys=True)
+        self.warnings: dict[str, list[Problem]] = {}
+        """Per phase, once its plan is loaded: plan/checks.py warnings (validate, -n, status, plan.md show them)."""
+        self.show_warnings = show_warnings
 
     @cache  # noqa: B019 - one instance per Snakemake run
     def plan(self, phase: str) -> Plan:
-        return load_plan(self.plans_dir / f"{phase}.json")
+        """The plan, checked against this configuration; its warnings go to stderr once."""
+        plan = load_plan(self.plans_dir / f"{phase}.json")
+        self.warnings[phase] = check_plan(plan, self.cfg)
+        if self.show_warnings:  # the Snakefile's instance: -n and every run print them
+            print_warnings(self.warnings[phase])
+        return plan
 
     def pattern(self, phase: str, pattern_id: str) -> Pattern:
         return self.plan(phase).pattern(pattern_id)

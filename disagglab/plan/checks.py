@@ -1,0 +1,63 @@
+"""The plan checks that need the configuration, and the warnings every front door shows.
+
+`load_plan` (model.py) checks a plan file on its own. What depends on config (the model's
+context, the memory of the instance type) and the warnings are here, in one function, so
+that `validate`, the Snakefile (`-n` and runs: disagglab/tasks/dag.py), `status` and the
+estimate (`plan.md`) report exactly the same lines. An error stops the plan as any plan
+error does (nothing runs, nothing is written under results/); a warning never blocks a run.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from disagglab.errors import PlanError, Problem
+from disagglab.plan.bounds import concurrency_warnings, context_findings, pattern_paths
+from disagglab.plan.fit import fit_findings
+from disagglab.plan.model import Plan
+
+WARNING = "WARNING"
+
+
+@dataclass(frozen=True)
+class Findings:
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+
+
+def _display(path: Path) -> str:
+    """As load_plan names the file: relative to the working folder when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def plan_findings(plan: Plan, cfg: dict[str, Any]) -> Findings:
+    """Every config-dependent error and every warning of a loaded plan."""
+    file = _display(plan.path)
+    paths = pattern_paths(plan)
+    ctx_errors, ctx_warnings = context_findings(plan, file, paths, cfg.get("models", {}))
+    fit_errors, fit_warnings = fit_findings(plan, file, paths, cfg)
+    warnings = [*concurrency_warnings(plan, file, paths), *ctx_warnings, *fit_warnings]
+    return Findings([*ctx_errors, *fit_errors], list(dict.fromkeys(warnings)))
+
+
+def check_plan(plan: Plan, cfg: dict[str, Any]) -> list[Problem]:
+    """Raise PlanError on any error; else return the warnings."""
+    found = plan_findings(plan, cfg)
+    if found.errors:
+        raise PlanError(found.errors)
+    return found.warnings
+
+
+def warning_lines(warnings: list[Problem]) -> list[str]:
+    return [f"{WARNING} {w}" for w in warnings]
+
+
+def print_warnings(warnings: list[Problem]) -> None:
+    for line in warning_lines(warnings):
+        print(line, file=sys.stderr)
