@@ -1,23 +1,26 @@
-"""`make check-vllm-flags`: every server command line of a plan, checked by vLLM's own parser.
+"""`make check-vllm-flags`: every server command line of a plan, checked by vLLM's own parser
+and then by vLLM's own config classes (as far as they can be built without a GPU or config.json).
 
-The first test needs no vLLM. The others run the real parser of vLLM 0.15.1 (the plans'
-vllm_version) from `.venv-argcheck-0.15.1` (built by `make check-vllm-flags`); they carry the
-`vllm_cpu` marker with the other real-vLLM tests (`make test-vllm`).
+The unmarked tests need no vLLM. The others run the real parser and config classes of vLLM
+0.15.1 (the plans' vllm_version) from `.venv-argcheck-0.15.1` (built by `make check-vllm-flags`);
+they carry the `vllm_cpu` marker with the other real-vLLM tests (`make test-vllm`).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from disagglab.paths import PLANS_DIR
 from disagglab.plan.config import load_config_file
 from disagglab.plan.model import load_plan
-from disagglab.tasks.flagcheck import node_config, serve_cases
+from disagglab.tasks.flagcheck import CHECKER, node_config, rejection, report, serve_cases
 
 from conftest import ROOT, Project
 
@@ -48,9 +51,14 @@ def test_the_plans_pass_and_planted_bad_flags_are_rejected_with_the_pattern_id(p
     out = flagcheck(project, "plans/phase14.json", "plans/phase15.json")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "plans/phase14.json: 50 of 50 server command lines accepted by vLLM 0.15.1" in out.stdout
+    assert "plans/phase15.json: 29 of 29 server command lines accepted by vLLM 0.15.1 (node rendering)" in out.stdout
+    assert " skipped: " not in out.stdout  # every config class was built for every command line
+    assert "not checked (no GPU, no config.json): ModelConfig is not built" in out.stdout
     # Plant an unknown flag (consumer) and an invalid kv-transfer-config (producer).
     consumer = project.root / "templates" / "disaggregated-consumer.json.jinja2"
-    consumer.write_text(consumer.read_text().replace('"--port", "${consumer_port}",', '"--port", "${consumer_port}", "--bogus-flag", "1",'))
+    planted = consumer.read_text().replace('"${consumer_port}", ["--kv-transfer-config"', '"${consumer_port}", ["--bogus-flag", "1", "--kv-transfer-config"')
+    assert "--bogus-flag" in planted  # the serve flags are a macro (templates/serve.jinja2); the role adds its own
+    consumer.write_text(planted)
     producer = project.root / "templates" / "disaggregated-producer.json.jinja2"
     producer.write_text(producer.read_text().replace('"kv_role": "kv_producer"', '"kv_role": "kv_wrong"'))
     out = flagcheck(project, "plans/phase14.json")
@@ -61,3 +69,79 @@ def test_the_plans_pass_and_planted_bad_flags_are_rejected_with_the_pattern_id(p
     assert kv and "kv_role" in kv[0] and "kv_wrong" in kv[0]
     assert not any("unified" in line for line in lines if ": [" in line)
     assert "plans/phase14.json: 10 of 50 server command lines accepted by vLLM 0.15.1 (node rendering)" in lines
+
+
+def checker_module():
+    """tools/vllm_argcheck.py imports only the stdlib at module level: its pure helpers run without vLLM."""
+    spec = importlib.util.spec_from_file_location("vllm_argcheck", CHECKER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_config_rejection_names_the_flags_vllm_s_message_mentions_with_the_values_given() -> None:
+    checker = checker_module()
+    fields = ("max_num_batched_tokens", "max_num_seqs", "max_model_len")
+    message = "ValidationError: ... max_num_batched_tokens (16) must be greater than or equal to max_num_seqs (256)."
+    assert checker.flags_named(message, fields, ["m", "--max-num-batched-tokens", "16", "--max-model-len", "1010"]) == [
+        "--max-num-batched-tokens 16", "--max-num-seqs (default)"]
+    assert checker.flags_named(message, fields, ["m", "--max-num-batched-tokens=16", "--max-num-seqs", "256"]) == [
+        "--max-num-batched-tokens=16", "--max-num-seqs 256"]
+    pydantic = ("1 validation error for SchedulerConfig\n  Value error, max_num_seqs (9). [type=value_error, input_value=ArgsKwargs(()]\n"
+                "    For further information visit https://errors.pydantic.dev/2.14/v/value_error")
+    assert checker.exception_text(ValueError(pydantic)) == "ValueError: 1 validation error for SchedulerConfig / Value error, max_num_seqs (9)."
+
+
+def test_the_report_prints_plan_pattern_role_stage_flags_and_message(capsys: pytest.CaptureFixture[str]) -> None:
+    verdict = {"id": "p14-tcp-1k-c1 producer", "ok": False, "stage": "SchedulerConfig", "flags": ["--max-num-batched-tokens 16"],
+               "error": "ValidationError: boom", "skipped": []}
+    assert rejection(Path("plans/phase14.json"), verdict) == (
+        "plans/phase14.json: p14-tcp-1k-c1 producer: [SchedulerConfig] --max-num-batched-tokens 16: ValidationError: boom")
+    ok = {"id": "p14-unified-1k-c1 unified", "ok": True, "stage": "done", "flags": [], "error": None, "skipped": ["X skipped: why"]}
+    assert report(Path("plans/phase14.json"), [{}, {}], [verdict, ok], "0.15.1", local=False) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1:] == ["plans/phase14.json: 1 of 2: X skipped: why",
+                         "plans/phase14.json: 1 of 2 server command lines accepted by vLLM 0.15.1 (node rendering)"]
+
+
+def l0_only(project: Project, **overrides: object) -> None:
+    """phase14 cut to its layer L0 (6 patterns, 10 servers), p14-tcp-1k-c1 with the given overrides."""
+    doc = project.plan("phase14")
+    doc["layers"] = doc["layers"][:1]
+    for pattern in doc["layers"][0]["patterns"]:
+        if pattern["id"] == "p14-tcp-1k-c1":
+            pattern.update(overrides)
+    project.write_plan("phase14", doc)
+
+
+@pytest.mark.vllm_cpu
+def test_max_num_batched_tokens_below_max_num_seqs_is_rejected_by_vllm_s_scheduler_config(project: Project) -> None:
+    # vLLM 0.15.1 lowers a defaulted max_num_seqs to max_num_batched_tokens (EngineArgs.
+    # _set_default_max_num_seqs_and_batched_tokens_args), so 16 alone starts; with max_num_seqs
+    # given (256, the A10G default) SchedulerConfig refuses it at engine start.
+    l0_only(project, max_num_batched_tokens=16)
+    out = flagcheck(project, "plans/phase14.json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "plans/phase14.json: 10 of 10 server command lines accepted by vLLM 0.15.1 (node rendering)" in out.stdout.splitlines()
+    serve = project.root / "templates" / "serve.jinja2"
+    serve.write_text(serve.read_text().replace('"--port", port,', '"--port", port, "--max-num-seqs", "256",'))
+    out = flagcheck(project, "plans/phase14.json")
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = [line for line in out.stdout.splitlines() if ": [" in line]
+    message = ("ValidationError: 1 validation error for SchedulerConfig / Value error, max_num_batched_tokens (16) must be"
+               " greater than or equal to max_num_seqs (256).")
+    assert lines == [f"plans/phase14.json: p14-tcp-1k-c1 {role}: [SchedulerConfig] --max-num-batched-tokens 16 --max-num-seqs 256: {message}"
+                     for role in ("producer", "consumer")]
+
+
+@pytest.mark.vllm_cpu
+def test_a_kv_connector_vllm_does_not_know_is_rejected_by_its_connector_registry(project: Project) -> None:
+    l0_only(project)
+    producer = project.root / "templates" / "disaggregated-producer.json.jinja2"
+    producer.write_text(producer.read_text().replace('"kv_connector": "NixlConnector"', '"kv_connector": "NixlConector"'))
+    out = flagcheck(project, "plans/phase14.json")
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = [line for line in out.stdout.splitlines() if ": [" in line]
+    assert [line.split(": [")[0] for line in lines] == [f"plans/phase14.json: p14-{b}-{n}k-c1 producer" for n in (1, 4) for b in ("tcp", "efa")]
+    assert lines[0].startswith("plans/phase14.json: p14-tcp-1k-c1 producer: [KVTransferConfig] --kv-transfer-config {")
+    assert lines[0].endswith("}: ValueError: Unsupported connector type: NixlConector")

@@ -8,9 +8,12 @@ Each pattern's server task definitions are rendered exactly as the AWS nodes wil
 tokens are bound to placeholder addresses and the configured ports, and the words after
 `serve` go to tools/vllm_argcheck.py, run by a python whose vLLM is the plan's
 `vllm_version` (default `.venv-argcheck-<version>/bin/python`, built by
-tools/setup_vllm_argcheck.sh). Every rejection is printed as
-`<plan>: <pattern> <role>: [<stage>] <vLLM's message>`; the exit status is 1 when any
-command line was rejected, 2 when the checker itself could not run or is the wrong version.
+tools/setup_vllm_argcheck.sh). The checker runs vLLM's parser and then vLLM's own config
+classes as far as they can be built without a GPU or the model's config.json (KVTransferConfig's
+connector lookup, SchedulerConfig, CacheConfig, ParallelConfig; what cannot run is printed at
+the end, `not checked ...`). Every rejection is printed as
+`<plan>: <pattern> <role>: [<stage>] <flag value ...>: <vLLM's message>`; the exit status is 1
+when any command line was rejected, 2 when the checker itself could not run or is the wrong version.
 """
 
 from __future__ import annotations
@@ -71,12 +74,53 @@ def run_checker(python: str, cases: list[dict[str, Any]], timeout_s: float = 600
     return verdicts
 
 
-def checker_version(python: str) -> str:
+def checker_version(python: str) -> dict[str, Any]:
+    """The checker's `--version` answer: vllm_version, parser_module and not_checked (what cannot run here)."""
     out = subprocess.run([python, str(CHECKER), "--version"], capture_output=True, text=True, timeout=300, check=False)
     try:
-        return json.loads(out.stdout.strip().splitlines()[-1])["vllm_version"]
-    except (IndexError, ValueError, KeyError):
-        raise RuntimeError(f"{python} cannot build vLLM's parser: {(out.stdout + out.stderr).strip()[-1500:]}") from None
+        found = json.loads(out.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        found = None
+    if not isinstance(found, dict) or "vllm_version" not in found:
+        raise RuntimeError(f"{python} cannot build vLLM's parser: {(out.stdout + out.stderr).strip()[-1500:]}")
+    return found
+
+
+def rejection(path: Path, verdict: dict[str, Any]) -> str:
+    """`<plan>: <pattern> <role>: [<stage>] <flag value ...>: <vLLM's message>` (no flags for the parser's own)."""
+    flags = " ".join(verdict.get("flags") or [])
+    return f"{path}: {verdict['id']}: [{verdict['stage']}] {flags + ': ' if flags else ''}{verdict['error']}"
+
+
+def report(path: Path, cases: list[dict[str, Any]], verdicts: list[dict[str, Any]], version: str, local: bool) -> int:
+    """Print the rejections and the plan's tally; the number rejected."""
+    bad = [v for v in verdicts if not v["ok"]]
+    for v in bad:
+        print(rejection(path, v))
+    skipped: dict[str, int] = {}
+    for v in verdicts:
+        for note in v.get("skipped") or []:
+            skipped[note] = skipped.get(note, 0) + 1
+    for note, count in skipped.items():
+        print(f"{path}: {count} of {len(cases)}: {note}")
+    print(f"{path}: {len(cases) - len(bad)} of {len(cases)} server command lines accepted by vLLM {version}"
+          f" ({'local vLLM-CPU' if local else 'node'} rendering)")
+    return len(bad)
+
+
+def check_plan(path: Path, args: argparse.Namespace, cfg: dict[str, Any], not_checked: dict[str, None]) -> int:
+    """Rejections in one plan; raises InputError, RuntimeError (exit 2) when it cannot be checked."""
+    plan = load_plan(path)
+    version = str(plan.infrastructure["vllm_version"]).lstrip("v")
+    python = args.python or str(ROOT / f".venv-argcheck-{version}" / "bin" / "python")
+    if not Path(python).exists():
+        raise RuntimeError(f"{python} does not exist: build it with `make check-vllm-flags` (tools/setup_vllm_argcheck.sh {version} ...)")
+    found = checker_version(python)
+    if found["vllm_version"].split("+")[0] != version and not args.any_version:
+        raise RuntimeError(f"the checker has vLLM {found['vllm_version']} but the plan says vllm_version {version} (use --any-version to accept)")
+    not_checked.update(dict.fromkeys(found.get("not_checked") or []))
+    cases = serve_cases(plan, path.stem, cfg)
+    return report(path, cases, run_checker(python, cases), found["vllm_version"], args.local)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,33 +132,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = node_config(current_config(), args.local)
     rejected = 0
+    not_checked: dict[str, None] = {}  # in the checker's order
     for path in args.plans:
         try:
-            plan = load_plan(path)
+            rejected += check_plan(path, args, cfg, not_checked)
         except InputError as exc:
             print(exc, file=sys.stderr)
             return 2
-        version = str(plan.infrastructure["vllm_version"]).lstrip("v")
-        python = args.python or str(ROOT / f".venv-argcheck-{version}" / "bin" / "python")
-        if not Path(python).exists():
-            print(f"{path}: {python} does not exist: build it with `make check-vllm-flags` (tools/setup_vllm_argcheck.sh {version} ...)", file=sys.stderr)
-            return 2
-        try:
-            found = checker_version(python)
-            if found.split("+")[0] != version and not args.any_version:
-                print(f"{path}: the checker has vLLM {found} but the plan says vllm_version {version} (use --any-version to accept)", file=sys.stderr)
-                return 2
-            cases = serve_cases(plan, path.stem, cfg)
-            verdicts = run_checker(python, cases)
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             print(f"{path}: {exc}", file=sys.stderr)
             return 2
-        bad = [v for v in verdicts if not v["ok"]]
-        rejected += len(bad)
-        for v in bad:
-            print(f"{path}: {v['id']}: [{v['stage']}] {v['error']}")
-        print(f"{path}: {len(cases) - len(bad)} of {len(cases)} server command lines accepted by vLLM {found}"
-              f" ({'local vLLM-CPU' if args.local else 'node'} rendering)")
+    for note in not_checked:
+        print(f"not checked (no GPU, no config.json): {note}")
     return 1 if rejected else 0
 
 
