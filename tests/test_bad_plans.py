@@ -124,6 +124,8 @@ CASES: list[tuple[str, str, str, str]] = [
     ("max_model_len beyond the model's context", mutate(_set([*PAT, "max_model_len"], 65536)), "layers[0].patterns[0].max_model_len", "max_model_len 65536 exceeds the context of Qwen/Qwen2.5-7B-Instruct"),
     ("more GPUs than the instance has", mutate(_set(["infrastructure", "gpu_count_per_node"], 8)), "infrastructure.gpu_count_per_node", "exceeds the 4 GPUs of g5.12xlarge"),
     ("weights do not fit", mutate(_set(["common_settings", "gpu_memory_utilization"], 0.55)), "layers[0].patterns[0]", "the weights alone do not fit"),
+    ("max_num_batched_tokens 16 caps running sequences", mutate(lambda d: p0(d).update(max_num_batched_tokens=16, concurrency=64)),
+     "layers[0].patterns[0].max_num_batched_tokens", "max_num_batched_tokens 16 is below the"),
     ("not even one request fits", mutate(_set(["common_settings", "gpu_memory_utilization"], 0.6)), "layers[0].patterns[3]", "less than one request of max_model_len 4096 (vLLM will not start)"),
 ]
 IDS = [c[0] for c in CASES]

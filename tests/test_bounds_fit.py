@@ -136,3 +136,16 @@ def test_estimate_lists_the_warnings() -> None:
 
 def test_gib() -> None:
     assert GIB == 1_073_741_824
+
+
+def test_running_sequences_above_vllms_default_cap_is_a_warning(tmp_path: Path) -> None:
+    """300 in flight with max_num_batched_tokens 4096: vLLM keeps its default max_num_seqs of 256,
+    so 44 requests wait in its queue; the configuration is legal, so this warns, never refuses."""
+    def edit(d: dict) -> None:
+        d["common_settings"]["measurement_iterations"] = 300
+        d["layers"][0]["patterns"][0].update(concurrency=300, max_num_batched_tokens=4096)
+
+    out = _validate(_plan(tmp_path, edit))
+    assert out.returncode == 0, out.stderr
+    assert "layers[0].patterns[0].concurrency: 300 requests in flight: vLLM runs at most min(256, max_num_batched_tokens) = 256" in out.stderr
+    assert "44 of the 300 requests in flight would wait in its queue" in out.stderr

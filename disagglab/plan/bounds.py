@@ -15,6 +15,14 @@ Fixed bounds (one number, one reason) are in config/schemas/plan.schema.json, ea
   measured requests at once, so measurement_iterations is what is in flight there.
 - a WARNING (never an error) when an online pattern's concurrency exceeds
   measurement_iterations: the loop never has more requests than that in flight.
+- running sequences vLLM will admit: when `--max-num-seqs` is not given (our templates never
+  give it), vLLM 0.15.1 sets max_num_seqs = min(default, max_num_batched_tokens), the default
+  being 256 for the API server on a GPU under 70 GiB (vllm/engine/arg_utils.py,
+  `EngineArgs._set_default_max_num_seqs_and_batched_tokens_args` and `get_batch_defaults`,
+  read in the 0.15.1 wheel `make check-vllm-flags` installs). vLLM accepts the result, so its
+  own config check passes; but a pattern whose max_num_batched_tokens is below the requests it
+  keeps in flight measures a server that runs only that many at once, the rest waiting in its
+  queue: an error naming both figures. Above the 256 default it is a warning.
 - the model's context (config `models:`): prompt_tokens + max_tokens, and the max_model_len
   the server gets, at most the model's context_length (vLLM refuses a larger max_model_len
   than the model's max_position_embeddings). An unknown model is a warning: "context not
@@ -107,3 +115,28 @@ def context_findings(plan: Any, file: str, paths: dict[str, str], models: dict[s
 def pattern_paths(plan: Any) -> dict[str, str]:
     """pattern id -> its JSON path in the plan file (layers[i].patterns[j])."""
     return {pid: f"layers[{li}].patterns[{pi}]" for li, layer in enumerate(plan.layers) for pi, pid in enumerate(layer.pattern_ids)}
+
+
+VLLM_DEFAULT_MAX_NUM_SEQS = 256
+"""vLLM 0.15.1's default max_num_seqs for the OpenAI API server on a GPU under 70 GiB (see above)."""
+
+
+def scheduler_findings(plan: Any, file: str, paths: dict[str, str]) -> tuple[list[Problem], list[Problem]]:
+    """(errors, warnings): the running-sequence cap vLLM derives from max_num_batched_tokens."""
+    errors, warnings = [], []
+    for pid, pat in plan.patterns.items():
+        spec = pat.spec
+        want, budget = in_flight(spec), spec["max_num_batched_tokens"]
+        cap = min(VLLM_DEFAULT_MAX_NUM_SEQS, budget)
+        if want <= cap:
+            continue
+        why = (f"vLLM runs at most min({VLLM_DEFAULT_MAX_NUM_SEQS}, max_num_batched_tokens) = {cap} sequences at once when "
+               f"--max-num-seqs is not given (vLLM 0.15.1 EngineArgs._set_default_max_num_seqs_and_batched_tokens_args), "
+               f"so {want - cap} of the {want} requests in flight would wait in its queue")
+        if budget < want:
+            errors.append(Problem(file, f"{paths[pid]}.max_num_batched_tokens",
+                                  f"max_num_batched_tokens {budget} is below the {want} requests in flight: {why}; "
+                                  f"raise it to at least {want}"))
+        else:
+            warnings.append(Problem(file, f"{paths[pid]}.concurrency", f"{want} requests in flight: {why}"))
+    return errors, warnings

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from disagglab.errors import PlanError, Problem
-from disagglab.plan.bounds import concurrency_warnings, context_findings, pattern_paths
+from disagglab.plan.bounds import concurrency_warnings, context_findings, pattern_paths, scheduler_findings
 from disagglab.plan.fit import fit_findings
 from disagglab.plan.model import Plan
 
@@ -42,8 +42,9 @@ def plan_findings(plan: Plan, cfg: dict[str, Any]) -> Findings:
     paths = pattern_paths(plan)
     ctx_errors, ctx_warnings = context_findings(plan, file, paths, cfg.get("models", {}))
     fit_errors, fit_warnings = fit_findings(plan, file, paths, cfg)
-    warnings = [*concurrency_warnings(plan, file, paths), *ctx_warnings, *fit_warnings]
-    return Findings([*ctx_errors, *fit_errors], list(dict.fromkeys(warnings)))
+    seq_errors, seq_warnings = scheduler_findings(plan, file, paths)
+    warnings = [*concurrency_warnings(plan, file, paths), *ctx_warnings, *fit_warnings, *seq_warnings]
+    return Findings([*ctx_errors, *fit_errors, *seq_errors], list(dict.fromkeys(warnings)))
 
 
 def check_plan(plan: Plan, cfg: dict[str, Any]) -> list[Problem]:
