@@ -70,7 +70,7 @@ wildcard_constraints:
     phase_a=r"phase[0-9]+",
     phase_b=r"phase[0-9]+",
     layer=r"[A-Za-z0-9_-]+",
-    pattern=r"[a-z0-9][a-z0-9.-]*",
+    pattern=r"[A-Za-z0-9][A-Za-z0-9.-]*",
     role=r"unified|producer|consumer",
     trial=r"[1-9][0-9]*",
 
