@@ -52,7 +52,26 @@ def _del(path: list) -> Callable[[dict], None]:
     return fn
 
 
+def with_line(key_value: str, extra: str) -> tuple[str, int, int]:
+    """The plan text with `extra` on a line of its own after the first line holding `key_value`:
+    (text, line of key_value, line of extra), 1-based."""
+    lines = json.dumps(BASE, indent=2).splitlines()
+    at = next(i for i, ln in enumerate(lines) if key_value in ln)
+    indent = lines[at][: len(lines[at]) - len(lines[at].lstrip())]
+    lines[at] = lines[at].rstrip(",") + ","
+    lines.insert(at + 1, indent + extra + ("," if lines[at + 1].strip() not in ("}", "},") else ""))
+    return "\n".join(lines), at + 1, at + 2
+
+
+def replaced(old: str, new: str) -> str:
+    text = json.dumps(BASE, indent=2)
+    assert old in text
+    return text.replace(old, new, 1)
+
+
 PAT = ["layers", 0, "patterns", 0]
+_DUP_PATTERN_KEY = with_line('"concurrency": 1', '"concurrency": 4')
+_DUP_TOP_KEY = with_line('"phase": 99', '"phase": 99')
 # (case name, plan text, expected JSON path, expected reason fragment)
 CASES: list[tuple[str, str, str, str]] = [
     ("empty file", "", "", "file is empty"),
@@ -112,6 +131,13 @@ CASES: list[tuple[str, str, str, str]] = [
     ("request rate zero", mutate(_set([*PAT, "request_rate"], 0)), "layers[0].patterns[0].request_rate", "less than or equal to the minimum"),
     ("request rate with offline", mutate(lambda d: p0(d).update(request_rate=2.0, measurement_type="offline")), "layers[0].patterns[0].request_rate", "needs measurement_type 'online'"),
     ("burstiness without rate", mutate(_set([*PAT, "burstiness"], 0.5)), "layers[0].patterns[0].burstiness", "only with a request_rate"),
+    ("duplicate key in a pattern", _DUP_PATTERN_KEY[0], "layers[0].patterns[0].concurrency",
+     f"duplicate key 'concurrency' (lines {_DUP_PATTERN_KEY[1]} and {_DUP_PATTERN_KEY[2]})"),
+    ("duplicate top-level key", _DUP_TOP_KEY[0], "phase", f"duplicate key 'phase' (lines {_DUP_TOP_KEY[1]} and {_DUP_TOP_KEY[2]})"),
+    ("NaN", replaced('"gpu_memory_utilization": 0.9', '"gpu_memory_utilization": NaN'), "common_settings.gpu_memory_utilization",
+     "NaN is not a JSON number"),
+    ("Infinity", replaced('"concurrency": 1', '"concurrency": Infinity'), "layers[0].patterns[0].concurrency", "Infinity is not a JSON number"),
+    ("-Infinity", replaced('"max_tokens": 10', '"max_tokens": -Infinity'), "common_settings.max_tokens", "-Infinity is not a JSON number"),
     ("prefix_cache as string", mutate(_set([*PAT, "prefix_cache"], "yes")), "layers[0].patterns[0].prefix_cache", "expected boolean"),
 ]
 IDS = [c[0] for c in CASES]
@@ -142,6 +168,13 @@ def test_all_problems_of_a_file_are_reported(tmp_path: Path) -> None:
     assert out.returncode == 2
     for fragment in ("patterns[0].concurency", "patterns[1].backend", "infrastructure.tp_size"):
         assert fragment in out.stderr
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    plan = tmp_path / "phase99.json"
+    plan.write_text("\ufeff" + json.dumps(BASE, indent=2), encoding="utf-8")
+    out = subprocess.run([sys.executable, "-m", "disagglab", "validate", str(plan)], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 @pytest.fixture(scope="module")

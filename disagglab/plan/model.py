@@ -18,6 +18,7 @@ from typing import Any
 
 from disagglab.errors import PlanError, Problem
 from disagglab.paths import SCHEMA_DIR
+from disagglab.plan import strictjson
 from disagglab.plan.jsonpath import format_path
 from disagglab.plan.schema import schema_problems, strict_validator
 
@@ -185,15 +186,6 @@ def _cross_field_problems(doc: dict[str, Any], file: str, stem: str) -> list[Pro
     return problems
 
 
-def _parse_json(text: str, file: str) -> Any:
-    if not text.strip():
-        raise PlanError([Problem(file, "", "file is empty (expected a JSON object)")])
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise PlanError([Problem(file, f"line {exc.lineno} column {exc.colno}", f"invalid JSON: {exc.msg}")]) from None
-
-
 def validate_document(doc: Any, file: str, stem: str) -> list[Problem]:
     """Every problem of a parsed plan document; empty when it is valid."""
     problems = _schema_problems(doc, file)
@@ -254,7 +246,7 @@ def load_plan(path: str | Path) -> Plan:
         raise PlanError([Problem(file, "", "plan file not found")]) from None
     except UnicodeDecodeError as exc:
         raise PlanError([Problem(file, "", f"not UTF-8 text: {exc}")]) from None
-    doc = _parse_json(text, file)
+    doc = strictjson.loads(text, file, PlanError)  # no duplicate keys, no NaN/Infinity; a BOM is fine
     problems = validate_document(doc, file, path.stem)
     if problems:
         raise PlanError(problems)
