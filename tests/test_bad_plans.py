@@ -192,5 +192,58 @@ def test_snakemake_stops_before_any_job(bad_project, name: str, text: str, path:
         plan.unlink()
     assert out.returncode != 0
     log = out.stdout + out.stderr
-    assert "plans/phase99.json" in log and path in log and reason in log, log[-3000:]
+    assert any(ln.startswith("plans/phase99.json") and path in ln and reason in ln for ln in log.splitlines()), log[-3000:]
+    assert_clean(log)
     assert not (bad_project.root / "results").exists(), "a rejected plan must write nothing under results/"
+
+
+def assert_clean(log: str) -> None:
+    """The problems alone: no traceback, no frame lines, no Snakemake wrapper around them."""
+    for noise in ("Traceback", "InputFunctionException", "WorkflowError", 'File "'):
+        assert noise not in log, f"{noise!r} in:\n{log[-3000:]}"
+
+
+def _two_problems(doc: dict) -> None:
+    p0(doc)["concurrency"] = 0
+    doc["layers"][1]["patterns"][0]["backend"] = "rdma"
+
+
+TWO_PROBLEMS = mutate(_two_problems)
+EVERY_KIND_OF_TARGET = [
+    "results/phase99/L0.done", "results/phase99/all.done", "results/phase99/runs/p99-unified-1k-c1.json",
+    "results/phase99/trials/p99-unified-1k-c1/1.json", "results/phase99/tasks/p99-tcp-1k-c1/producer.json",
+    "results/phase99/deploy/p99-tcp-1k-c1.json", "results/phase99/report.html", "results/phase99/summary.csv",
+    "results/phase99/mlflow.json", "results/phase99/plan.md",
+]
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
+@pytest.mark.parametrize("target", EVERY_KIND_OF_TARGET)
+def test_any_target_of_a_bad_plan_prints_only_the_problems(bad_project, target: str, dry_run: bool) -> None:
+    plan = bad_project.root / "plans" / "phase99.json"
+    plan.write_text(TWO_PROBLEMS)
+    try:
+        out = bad_project.snakemake(*(["-n"] if dry_run else []), target)
+    finally:
+        plan.unlink()
+    log = out.stdout + out.stderr
+    assert out.returncode == 1, log[-3000:]
+    lines = log.splitlines()
+    assert "plans/phase99.json: layers[0].patterns[0].concurrency: 0 is less than the minimum of 1" in lines, log[-3000:]
+    assert any(ln.startswith("plans/phase99.json: layers[1].patterns[0].backend: 'rdma' is not one of") for ln in lines), log[-3000:]
+    assert_clean(log)
+    assert not (bad_project.root / "results").exists(), "a rejected plan must write nothing under results/"
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    ("results/phase14/runs/p14-TCP-1k-c1.json", "plans/phase14.json: target results/phase14/runs/p14-TCP-1k-c1.json: no pattern "
+     "'p14-TCP-1k-c1' in this plan (did you mean 'p14-tcp-1k-c1'? ids are case-sensitive)"),
+    ("results/phase14/L7.done", "plans/phase14.json: target results/phase14/L7.done: no layer 'L7' in this plan (layers: L0, L1, L2)"),
+    ("results/phase77/L0.done", "plans/phase77.json: plan file not found"),
+])
+def test_a_target_naming_what_no_plan_has_is_refused_cleanly(bad_project, target: str, message: str) -> None:
+    out = bad_project.snakemake("-n", target)
+    log = out.stdout + out.stderr
+    assert out.returncode == 1 and message in log.splitlines(), log[-3000:]
+    assert_clean(log)
+    assert not (bad_project.root / "results").exists()

@@ -25,6 +25,11 @@ _CONSTANT = re.compile(r"NaN|-?Infinity")
 _SCALAR = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][-+]?\d+)?|true|false|null")
 
 
+def lines(first: int, second: int) -> str:
+    """Where the two spellings of a key are: 'lines 3 and 7', or 'twice on line 3'."""
+    return f"twice on line {first}" if first == second else f"lines {first} and {second}"
+
+
 def loads(text: str, file: str, error: type[InputError] = InputError) -> Any:
     """The JSON document in `text`; raise `error` naming `file`, the JSON path and the reason."""
     text = text[1:] if text.startswith(BOM) else text
@@ -98,7 +103,7 @@ class _Locator:
             key, end = json.decoder.scanstring(self.text, pos + 1)
             line = self._line(pos)
             if key in seen:
-                self.found.append((format_path([*path, key]), f"duplicate key {key!r} (lines {seen[key]} and {line}): "
+                self.found.append((format_path([*path, key]), f"duplicate key {key!r} ({lines(seen[key], line)}): "
                                    "JSON keeps only the last, so one value would be silently ignored"))
             seen.setdefault(key, line)
             pos = self._value(self._ws(end) + 1, [*path, key])  # past the ':'

@@ -14,6 +14,7 @@ import yaml
 
 from disagglab.errors import InputError, Problem
 from disagglab.plan.jsonpath import format_path
+from disagglab.plan.strictjson import lines
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -52,8 +53,8 @@ def _duplicates(node: yaml.Node, path: list[str | int], visited: set[int] | None
             line = key_node.start_mark.line + 1
             ident = (key_node.tag, key_node.value)
             if ident in seen:
-                found.append((format_path([*path, key_node.value]), f"duplicate key {key_node.value!r} (lines {seen[ident]} "
-                              f"and {line}): YAML keeps only the last, so one value would be silently ignored"))
+                found.append((format_path([*path, key_node.value]), f"duplicate key {key_node.value!r} ({lines(seen[ident], line)}): "
+                              "YAML keeps only the last, so one value would be silently ignored"))
             seen.setdefault(ident, line)
             found += _duplicates(value_node, [*path, key_node.value], visited)
     return found
