@@ -38,7 +38,7 @@ from typing import Any
 RESULT_PREFIX = "RUNNER-RESULT "
 LOG_TAIL_LINES = 30
 # twin: config/schemas/plan.schema.json:$defs.pattern.properties.id.pattern
-PATTERN_ID = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
+PATTERN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
 
 
 class StepError(Exception):
@@ -101,7 +101,7 @@ def log_tail(path: Path | None, lines: int = LOG_TAIL_LINES) -> list[str]:
 
 
 def run_dir_for(node_dir: Path, pattern: str) -> Path:
-    if not PATTERN_ID.match(pattern):
+    if not PATTERN_ID.fullmatch(pattern):  # fullmatch: "$" alone would let a trailing newline through
         raise StepError(f"invalid pattern id {pattern!r}")
     return node_dir / "runs" / pattern
 

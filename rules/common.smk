@@ -11,10 +11,21 @@ from disagglab.plan.config import ENV_VAR, load_sources, validate_config
 from disagglab.plan.config_checks import check_discovery, check_environment
 from disagglab.errors import InputError
 from disagglab.plan.faults import FaultError, check_environment as check_fault_environment
-from disagglab.guard.startup import RunRefused, check_phases, forward_sigterm
+from disagglab.guard.startup import RunRefused, check_phases, check_target_plans, forward_sigterm
 from disagglab.paths import PLANS_DIR, RULE_PATHS, PhaseLayout
 from disagglab.results.sweeps import quarantine_corrupt_results, sweep_deleted_results, sweep_stale_layer_markers
 from disagglab.tasks.dag import Phases
+
+def _refuse(exc):
+    """Stop on bad input (config, plan, fault variable) with its problems, one per line, and exit status 1.
+
+    Raised here, a WorkflowError would print as 'WorkflowError in file .../common.smk' with a
+    frame line ('File ".../common.smk", line N, in <module>') around the problems. Nothing has
+    been written yet (Snakemake locks and logs only after the DAG is built).
+    """
+    print(str(exc), file=sys.stderr)
+    raise SystemExit(1)
+
 
 try:
     # Each problem names the file (or --config) that set the offending value.
@@ -22,7 +33,7 @@ try:
     validate_config(config, "config (config/config.yaml + --config/--configfile)", _sources)
     check_environment(config)
 except InputError as exc:
-    raise WorkflowError(str(exc))
+    _refuse(exc)
 
 
 onstart:
@@ -45,11 +56,17 @@ RUN = f"exec env PYTHONPATH={shlex.quote(BASEDIR)} {shlex.quote(PYTHON)} -m disa
 # show_warnings: a plan's warnings (disagglab/plan/checks.py) go to stderr once, in -n and in runs.
 PHASES = Phases(PLANS_DIR, config, show_warnings=True)
 
+# The plans of the phases the targets name, before any input function asks for them.
+try:
+    check_target_plans(PHASES.plan)
+except InputError as exc:
+    _refuse(exc)
+
 # Test-only fault injection (disagglab/faults.py): a wrong DISAGGLAB_FAULTS stops the run before any job.
 try:
     check_fault_environment(os.environ, PHASES.pattern_or_none, config["engine"])
 except FaultError as exc:
-    raise WorkflowError(str(exc))
+    _refuse(exc)
 
 # One run per phase, and none on the leftovers of a killed run (see disagglab/guard.py).
 try:
@@ -71,7 +88,7 @@ wildcard_constraints:
     phase_a=r"phase[0-9]+",
     phase_b=r"phase[0-9]+",
     layer=r"[A-Za-z0-9_-]+",
-    pattern=r"[a-z0-9][a-z0-9.-]*",
+    pattern=r"[A-Za-z0-9][A-Za-z0-9.-]*",
     role=r"unified|producer|consumer",
     trial=r"[1-9][0-9]*",
 

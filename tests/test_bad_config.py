@@ -87,6 +87,15 @@ CASES: list[tuple[str, dict | str, dict[str, str], str, str, str]] = [
     ("transport env substitution", {"transports": {"tcp": {"env": {"UCX_TLS": "$(touch /tmp/x)"}}}}, {}, OVERRIDE,
      "transports.tcp.env.UCX_TLS", "does not match"),
     ("invalid YAML", "server: {health_timeout_s: 5\n", {}, OVERRIDE, "", "invalid YAML"),
+    ("duplicate YAML key", "server:\n  health_timeout_s: 5\n  health_timeout_s: 6\n", {}, OVERRIDE, "server.health_timeout_s",
+     "duplicate key 'health_timeout_s' (lines 2 and 3)"),
+    ("duplicate top-level YAML key", "engine: sim\nexecutor: local\nengine: vllm\n", {}, OVERRIDE, "engine",
+     "duplicate key 'engine' (lines 1 and 3)"),
+    # Snakemake reads a --configfile that parses as JSON as JSON, whatever its name; so do we.
+    ("duplicate JSON key", '{"server": {"health_timeout_s": 5,\n  "health_timeout_s": 6}}', {}, OVERRIDE, "server.health_timeout_s",
+     "duplicate key 'health_timeout_s' (lines 1 and 2)"),
+    ("JSON NaN", '{"server": {"health_timeout_s": NaN}}', {}, OVERRIDE, "server.health_timeout_s", "NaN is not a JSON number"),
+    ("JSON -Infinity", '{"sim": {"time_scale": -Infinity}}', {}, OVERRIDE, "sim.time_scale", "-Infinity is not a JSON number"),
 ]
 IDS = [c[0] for c in CASES]
 # A real Snakemake run costs ~2 s, so these run through Snakemake too: one case per kind of
@@ -95,6 +104,7 @@ SNAKEMAKE_CASES = [c for c in CASES if c[0] in {
     "unknown deep key", "boolean for integer", "bucket as IP address", "SCRIPTS_BUCKET shell", "s3 without any bucket",
     "ssm with local storage", "ssm without region", "ssm NODE vars partly set", "node with tag and instance_id",
     "node in two pairs", "ports collide", "local host not loopback", "malformed address", "invalid YAML",
+    "duplicate YAML key", "JSON NaN",
 }]
 # Environment variables that would change the outcome; every case starts without them.
 SCRUB = ("AWS_", "NODE1_", "NODE2_", "SCRIPTS_BUCKET", "DISAGGLAB_CONFIG")
@@ -170,3 +180,13 @@ def test_valid_aws_configuration_passes(proj) -> None:
     out = subprocess.run([sys.executable, "-m", "disagglab", "check-config", "config/aws.yaml"], cwd=proj.root, env=env,
                          capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0 and "bucket my-scripts-bucket" in out.stdout, out.stdout + out.stderr
+
+
+def test_a_json_config_with_a_byte_order_mark_is_accepted(proj) -> None:
+    (proj.root / "extra.json").write_text('\ufeff{"server": {"health_timeout_s": 7}}', encoding="utf-8")
+    cli = subprocess.run([sys.executable, "-m", "disagglab", "check-config", "extra.json"], cwd=proj.root, env=case_env({}),
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    smk = subprocess.run([SNAKEMAKE, "-n", "results/phase14/L0.done", "--configfile", "extra.json"], cwd=proj.root, env=case_env({}),
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert smk.returncode == 0, (smk.stdout + smk.stderr)[-2000:]

@@ -52,7 +52,26 @@ def _del(path: list) -> Callable[[dict], None]:
     return fn
 
 
+def with_line(key_value: str, extra: str) -> tuple[str, int, int]:
+    """The plan text with `extra` on a line of its own after the first line holding `key_value`:
+    (text, line of key_value, line of extra), 1-based."""
+    lines = json.dumps(BASE, indent=2).splitlines()
+    at = next(i for i, ln in enumerate(lines) if key_value in ln)
+    indent = lines[at][: len(lines[at]) - len(lines[at].lstrip())]
+    lines[at] = lines[at].rstrip(",") + ","
+    lines.insert(at + 1, indent + extra + ("," if lines[at + 1].strip() not in ("}", "},") else ""))
+    return "\n".join(lines), at + 1, at + 2
+
+
+def replaced(old: str, new: str) -> str:
+    text = json.dumps(BASE, indent=2)
+    assert old in text
+    return text.replace(old, new, 1)
+
+
 PAT = ["layers", 0, "patterns", 0]
+_DUP_PATTERN_KEY = with_line('"concurrency": 1', '"concurrency": 4')
+_DUP_TOP_KEY = with_line('"phase": 99', '"phase": 99')
 # (case name, plan text, expected JSON path, expected reason fragment)
 CASES: list[tuple[str, str, str, str]] = [
     ("empty file", "", "", "file is empty"),
@@ -83,7 +102,12 @@ CASES: list[tuple[str, str, str, str]] = [
     ("duplicate pattern id", mutate(lambda d: d["layers"][1]["patterns"][0].update(id=p0(d)["id"])), "layers[1].patterns[0].id", "duplicate pattern id"),
     ("duplicate layer id", mutate(lambda d: d["layers"][1].update(id="L0")), "layers[1].id", "duplicate layer id"),
     ("id without phase prefix", mutate(_set([*PAT, "id"], "p14-unified-1k-c1")), "layers[0].patterns[0].id", "must start with 'p99-'"),
-    ("id uppercase", mutate(_set([*PAT, "id"], "p99-L0-x")), "layers[0].patterns[0].id", "does not match"),
+    ("id differs only in case", mutate(lambda d: d["layers"][1]["patterns"][0].update(id=p0(d)["id"].replace("unified", "Unified"))),
+     "layers[1].patterns[0].id", "differs from 'p99-unified-1k-c1' (layers[0].patterns[0]) only in case"),
+    ("layer id differs only in case", mutate(lambda d: d["layers"][1].update(id="l0")), "layers[1].id",
+     "layer id 'l0' differs from 'L0' (layers[0]) only in case"),
+    ("id with non-ascii letter", mutate(_set([*PAT, "id"], "p99-L0-\u00e9fa")), "layers[0].patterns[0].id", "does not match"),
+    ("id starting with a dash", mutate(_set([*PAT, "id"], "-p99-x")), "layers[0].patterns[0].id", "does not match"),
     ("id with slash", mutate(_set([*PAT, "id"], "p99-../etc")), "layers[0].patterns[0].id", "does not match"),
     ("id with shell metachar", mutate(_set([*PAT, "id"], "p99-x;rm -rf ~")), "layers[0].patterns[0].id", "does not match"),
     ("id with command substitution", mutate(_set([*PAT, "id"], "p99-$(id)")), "layers[0].patterns[0].id", "does not match"),
@@ -107,6 +131,13 @@ CASES: list[tuple[str, str, str, str]] = [
     ("request rate zero", mutate(_set([*PAT, "request_rate"], 0)), "layers[0].patterns[0].request_rate", "less than or equal to the minimum"),
     ("request rate with offline", mutate(lambda d: p0(d).update(request_rate=2.0, measurement_type="offline")), "layers[0].patterns[0].request_rate", "needs measurement_type 'online'"),
     ("burstiness without rate", mutate(_set([*PAT, "burstiness"], 0.5)), "layers[0].patterns[0].burstiness", "only with a request_rate"),
+    ("duplicate key in a pattern", _DUP_PATTERN_KEY[0], "layers[0].patterns[0].concurrency",
+     f"duplicate key 'concurrency' (lines {_DUP_PATTERN_KEY[1]} and {_DUP_PATTERN_KEY[2]})"),
+    ("duplicate top-level key", _DUP_TOP_KEY[0], "phase", f"duplicate key 'phase' (lines {_DUP_TOP_KEY[1]} and {_DUP_TOP_KEY[2]})"),
+    ("NaN", replaced('"gpu_memory_utilization": 0.9', '"gpu_memory_utilization": NaN'), "common_settings.gpu_memory_utilization",
+     "NaN is not a JSON number"),
+    ("Infinity", replaced('"concurrency": 1', '"concurrency": Infinity'), "layers[0].patterns[0].concurrency", "Infinity is not a JSON number"),
+    ("-Infinity", replaced('"max_tokens": 10', '"max_tokens": -Infinity'), "common_settings.max_tokens", "-Infinity is not a JSON number"),
     ("prefix_cache as string", mutate(_set([*PAT, "prefix_cache"], "yes")), "layers[0].patterns[0].prefix_cache", "expected boolean"),
     # Bounds with reasons (issue 11): fixed ones in the schema, the rest in disagglab/plan/bounds.py and fit.py.
     ("concurrency 10^12", mutate(_set([*PAT, "concurrency"], 10**12)), "layers[0].patterns[0].concurrency", "greater than the maximum of 960 (At most 960 requests in flight"),
@@ -158,6 +189,13 @@ def test_all_problems_of_a_file_are_reported(tmp_path: Path) -> None:
         assert fragment in out.stderr
 
 
+def test_a_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    plan = tmp_path / "phase99.json"
+    plan.write_text("\ufeff" + json.dumps(BASE, indent=2), encoding="utf-8")
+    out = subprocess.run([sys.executable, "-m", "disagglab", "validate", str(plan)], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 @pytest.fixture(scope="module")
 def bad_project(tmp_path_factory: pytest.TempPathFactory):
     return make_project(tmp_path_factory.mktemp("bad") / "proj")
@@ -173,5 +211,58 @@ def test_snakemake_stops_before_any_job(bad_project, name: str, text: str, path:
         plan.unlink()
     assert out.returncode != 0
     log = out.stdout + out.stderr
-    assert "plans/phase99.json" in log and path in log and reason in log, log[-3000:]
+    assert any(ln.startswith("plans/phase99.json") and path in ln and reason in ln for ln in log.splitlines()), log[-3000:]
+    assert_clean(log)
     assert not (bad_project.root / "results").exists(), "a rejected plan must write nothing under results/"
+
+
+def assert_clean(log: str) -> None:
+    """The problems alone: no traceback, no frame lines, no Snakemake wrapper around them."""
+    for noise in ("Traceback", "InputFunctionException", "WorkflowError", 'File "'):
+        assert noise not in log, f"{noise!r} in:\n{log[-3000:]}"
+
+
+def _two_problems(doc: dict) -> None:
+    p0(doc)["concurrency"] = 0
+    doc["layers"][1]["patterns"][0]["backend"] = "rdma"
+
+
+TWO_PROBLEMS = mutate(_two_problems)
+EVERY_KIND_OF_TARGET = [
+    "results/phase99/L0.done", "results/phase99/all.done", "results/phase99/runs/p99-unified-1k-c1.json",
+    "results/phase99/trials/p99-unified-1k-c1/1.json", "results/phase99/tasks/p99-tcp-1k-c1/producer.json",
+    "results/phase99/deploy/p99-tcp-1k-c1.json", "results/phase99/report.html", "results/phase99/summary.csv",
+    "results/phase99/mlflow.json", "results/phase99/plan.md",
+]
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
+@pytest.mark.parametrize("target", EVERY_KIND_OF_TARGET)
+def test_any_target_of_a_bad_plan_prints_only_the_problems(bad_project, target: str, dry_run: bool) -> None:
+    plan = bad_project.root / "plans" / "phase99.json"
+    plan.write_text(TWO_PROBLEMS)
+    try:
+        out = bad_project.snakemake(*(["-n"] if dry_run else []), target)
+    finally:
+        plan.unlink()
+    log = out.stdout + out.stderr
+    assert out.returncode == 1, log[-3000:]
+    lines = log.splitlines()
+    assert "plans/phase99.json: layers[0].patterns[0].concurrency: 0 is less than the minimum of 1" in lines, log[-3000:]
+    assert any(ln.startswith("plans/phase99.json: layers[1].patterns[0].backend: 'rdma' is not one of") for ln in lines), log[-3000:]
+    assert_clean(log)
+    assert not (bad_project.root / "results").exists(), "a rejected plan must write nothing under results/"
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    ("results/phase14/runs/p14-TCP-1k-c1.json", "plans/phase14.json: target results/phase14/runs/p14-TCP-1k-c1.json: no pattern "
+     "'p14-TCP-1k-c1' in this plan (did you mean 'p14-tcp-1k-c1'? ids are case-sensitive)"),
+    ("results/phase14/L7.done", "plans/phase14.json: target results/phase14/L7.done: no layer 'L7' in this plan (layers: L0, L1, L2)"),
+    ("results/phase77/L0.done", "plans/phase77.json: plan file not found"),
+])
+def test_a_target_naming_what_no_plan_has_is_refused_cleanly(bad_project, target: str, message: str) -> None:
+    out = bad_project.snakemake("-n", target)
+    log = out.stdout + out.stderr
+    assert out.returncode == 1 and message in log.splitlines(), log[-3000:]
+    assert_clean(log)
+    assert not (bad_project.root / "results").exists()

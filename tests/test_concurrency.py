@@ -21,7 +21,7 @@ from conftest import ROOT, SNAKEMAKE, Project, alive_groups, ledger_entries
 
 SLOW = "results/phase14/runs/p14-unified-4k-c1.json"
 SAME_PHASE = "results/phase14/runs/p14-unified-1k-c1.json"
-OTHER_PHASE = "results/phase15/runs/p15-l0-unified-4k-c1.json"
+OTHER_PHASE = "results/phase15/runs/p15-L0-unified-4k-c1.json"
 
 TRACK = """
 import json, sys, time
@@ -100,14 +100,14 @@ def test_same_phase_is_refused_other_phases_run_side_by_side_and_mlflow_stays_in
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0] * len(procs), "\n".join(err[-3000:] for _, err in outs)
     created = sorted(pid for out, _ in outs for pid in json.loads(out.strip().splitlines()[-1])["created"])
-    assert created == ["p14-unified-4k-c1", "p15-l0-unified-4k-c1"], created  # each logged once, by one process
+    assert created == ["p14-unified-4k-c1", "p15-L0-unified-4k-c1"], created  # each logged once, by one process
 
     with sqlite3.connect(results / "mlflow.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=uri)
-    for phase, pid in (("phase14", "p14-unified-4k-c1"), ("phase15", "p15-l0-unified-4k-c1")):
+    for phase, pid in (("phase14", "p14-unified-4k-c1"), ("phase15", "p15-L0-unified-4k-c1")):
         exp = client.get_experiment_by_name(f"disagglab-{phase}")
         runs = client.search_runs([exp.experiment_id])
         assert [r.data.tags["pattern_id"] for r in runs] == [pid]

@@ -139,11 +139,11 @@ def test_estimate_predicts_a_real_run_and_follows_results_and_prices(tmp_path: P
     # trials: a finished pattern holds its up-to-date trial 1; with repeats 3 it has 2 left
     results = project.root / "results"
     phases = Phases(project.root / "plans", load_config_file(cfg))
-    pid = "p15-l2-tcp-10k-c8"
+    pid = "p15-L2-tcp-10k-c8"
     assert (results / "phase15/trials" / pid / "1.json").exists()
     assert trials_to_run(phases, "phase15", SimpleNamespace(id=pid, repeats=1), results) == (0, 1)
     assert trials_to_run(phases, "phase15", SimpleNamespace(id=pid, repeats=3), results) == (2, 3)
-    edited = "p15-l2-unified-10k-c8"  # its concurrency changed above: its trial is stale
+    edited = "p15-L2-unified-10k-c8"  # its concurrency changed above: its trial is stale
     assert trials_to_run(phases, "phase15", SimpleNamespace(id=edited, repeats=3), results) == (3, 3)
 
 
@@ -186,7 +186,7 @@ def test_calibration_recovers_a_slower_engine_and_its_overheads() -> None:
                               "request_s": {"unified": 0.004, "disaggregated": 0.009}},
                 k=2.0, pipeline_ratio={"unified": 1.5, "disaggregated": 2.0})
     obs, clock = [], 1.8e9
-    for pid in ("p15-l0-unified-4k-c1", "p15-l1-unified-4k-c8", "p15-l0-tcp-4k-c1", "p15-l1-efa-4k-c4", "p15-l2-unified-10k-c8"):
+    for pid in ("p15-L0-unified-4k-c1", "p15-L1-unified-4k-c8", "p15-L0-tcp-4k-c1", "p15-L1-efa-4k-c4", "p15-L2-unified-10k-c8"):
         spec = plan.pattern(pid).spec
         timing = timing_for(cfg, "vllm", "ssm", spec)
         tt = trial_time(timing, spec, truth)
@@ -199,7 +199,7 @@ def test_calibration_recovers_a_slower_engine_and_its_overheads() -> None:
     assert fit.values["server_process_s"] == pytest.approx(12.0, rel=0.02)
     assert fit.values["gap_s"] == pytest.approx(6.0)
     assert fit.pipeline_ratio == {"unified": pytest.approx(1.5), "disaggregated": pytest.approx(2.0)}
-    for pid in ("p15-l2-tcp-20k-c8", "p15-l1-tcp-4k-c8"):  # not among the calibration results
+    for pid in ("p15-L2-tcp-20k-c8", "p15-L1-tcp-4k-c8"):  # not among the calibration results
         spec = plan.pattern(pid).spec
         timing = timing_for(cfg, "vllm", "ssm", spec)
         assert trial_time(timing, spec, fit).total_s == pytest.approx(trial_time(timing, spec, truth).total_s, rel=0.03)

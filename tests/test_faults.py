@@ -197,6 +197,9 @@ def test_a_bad_faults_variable_stops_the_run_before_any_job(project: Project) ->
     ('{"p14-tcp-1k-c1": {}}', "p14-tcp-1k-c1: expected a non-empty object"),
     ("[1]", "DISAGGLAB_FAULTS: expected a JSON object"),
     ("{nope", "DISAGGLAB_FAULTS: not JSON"),
+    ('{"p14-tcp-1k-c1": {"proxy": "kill_after_s=1"},\n "p14-tcp-1k-c1": {"benchmark": "kill_after_s=2"}}',
+     "DISAGGLAB_FAULTS: p14-tcp-1k-c1: duplicate key 'p14-tcp-1k-c1' (lines 1 and 2)"),
+    ('{"p14-tcp-1k-c1": {"proxy": "kill_after_s=1", "proxy": "kill_after_s=2"}}', "DISAGGLAB_FAULTS: p14-tcp-1k-c1.proxy: duplicate key 'proxy'"),
 ])
 def test_faults_variable_is_validated_loudly(value: str, message: str) -> None:
     from disagglab.plan import faults

@@ -91,9 +91,9 @@ def test_engine_changes_only_the_executable() -> None:
 
 def test_prefix_cache_and_overrides_reach_the_argv() -> None:
     plan = load_plan(PLANS_DIR / "phase15.json")
-    t = json.loads(render_task(plan.pattern("p15-l1-tcp-4k-c4-pc"), "producer", "phase15", CFG))
+    t = json.loads(render_task(plan.pattern("p15-L1-tcp-4k-c4-pc"), "producer", "phase15", CFG))
     assert "--enable-prefix-caching" in t["servers"][0]["argv"]
-    t = json.loads(render_task(plan.pattern("p15-l2-tcp-20k-c8"), "consumer", "phase15", CFG))
+    t = json.loads(render_task(plan.pattern("p15-L2-tcp-20k-c8"), "consumer", "phase15", CFG))
     argv = t["servers"][0]["argv"]
     assert argv[argv.index("--max-model-len") + 1] == "24576"
     assert t["benchmark"]["argv"][t["benchmark"]["argv"].index("--measurement-type") + 1] == "offline"

@@ -46,7 +46,7 @@ def test_list_shows_layers_and_patterns(project: Project) -> None:
     text = project.cli("list", "phase15")
     assert text.startswith("phase15: Prefix caching and offline load")
     assert "L2 [P2] Offline long context" in text
-    line = next(ln for ln in text.splitlines() if "p15-l2-efa-20k-c8" in ln)
+    line = next(ln for ln in text.splitlines() if "p15-L2-efa-20k-c8" in ln)
     assert "efa" in line and "20000 tok" in line and "offline" in line
 
 

@@ -8,6 +8,9 @@
   which for a measurement can be many minutes. Forwarded, the control jobs stop their
   servers on every node at once and write their failure records, and Snakemake then exits.
 
+- `check_target_plans`: the plan of every phase the targets name must load, so a bad plan is
+  refused with its problems, one per line, before any input function asks for it.
+
 The Snakefile is parsed before Snakemake knows its targets or whether it is a dry run, so
 the command line is read again with Snakemake's own argument parser.
 """
@@ -15,16 +18,18 @@ the command line is read again with Snakemake's own argument parser.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import re
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from disagglab import procs
 from disagglab.guard import leftovers, phaselock
-from disagglab.paths import RESULTS, PhaseLayout
+from disagglab.paths import RESULTS, TREE, PhaseLayout
 from disagglab.run.ledger import OWNER_ENV, identity, identity_text
 
 TARGET_PHASE = re.compile(r"(?:^|/)results/(phase[0-9]+)/")
@@ -77,6 +82,63 @@ def plan_loads(phase: str) -> bool:
     except (InputError, OSError):
         return False
     return True
+
+
+def check_target_plans(load: Callable[[str], Any], argv: list[str] | None = None) -> None:
+    """Load the plan of every phase the targets name; raise PlanError listing every problem.
+
+    This runs while the Snakefile is parsed, before any input function: Snakemake wraps an
+    error from an input function in an InputFunctionException with a traceback block around
+    the one line that matters, and a bad plan would reach the first input function that asks
+    for it (whichever target asked: a layer, one result, the report, the estimate).
+    """
+    from disagglab.errors import InputError, PlanError
+
+    args = snakemake_args(sys.argv if argv is None else argv)
+    targets = list(getattr(args, "targets", None) or [])
+    problems = []
+    for phase in target_phases(targets):
+        try:
+            plan = load(phase)
+        except InputError as exc:
+            problems += exc.problems
+            continue
+        problems += unknown_id_problems(plan, [t for t in targets if phase in target_phases([t])])
+    if problems:
+        raise PlanError(problems)
+
+
+def _id_target(name: str, field: str) -> re.Pattern[str]:
+    """A results-tree path (paths.TREE[name]) as a regex capturing its `field` as `id`."""
+    parts = re.split(r"(\{[a-z]+\})", TREE[name])
+    body = "".join("(?P<id>[^/]+)" if p == f"{{{field}}}" else "[^/]+" if p.startswith("{") else re.escape(p) for p in parts)
+    return re.compile(rf"(?:^|/){re.escape(RESULTS.as_posix())}/phase[0-9]+/{body}$")
+
+
+ID_TARGETS = [(kind, _id_target(name, kind)) for kind, name in
+              (("pattern", "task"), ("pattern", "deploy_marker"), ("pattern", "trial"), ("pattern", "result"), ("layer", "layer_marker"))]
+
+
+def unknown_id_problems(plan: Any, targets: list[str]) -> list[Any]:
+    """A target naming a pattern or layer the plan does not have (ids are case-sensitive)."""
+    from disagglab.errors import Problem
+    from disagglab.plan.config import display_path
+
+    known = {"pattern": list(plan.patterns), "layer": [lay.id for lay in plan.layers]}
+    problems = []
+    for target in targets:
+        for kind, rx in ID_TARGETS:
+            m = rx.search(target)
+            if not m or (kind == "layer" and Path(target).name == TREE["phase_marker"]) or m["id"] in known[kind]:
+                continue
+            same = [k for k in known[kind] if k.lower() == m["id"].lower()]
+            close = same or difflib.get_close_matches(m["id"], known[kind], n=1)
+            hint = f" ({kind}s: {', '.join(known[kind])})"
+            if close:
+                hint = f" (did you mean {close[0]!r}?{' ids are case-sensitive' if same else ''})"
+            problems.append(Problem(display_path(plan.path), "", f"target {target}: no {kind} {m['id']!r} in this plan{hint}"))
+            break
+    return problems
 
 
 def check_phases(argv: list[str] | None = None, workdir: Path = Path(".")) -> list[str]:

@@ -13,10 +13,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from disagglab.errors import ConfigError, Problem
 from disagglab.paths import CONFIG_DIR, SCHEMA_DIR
+from disagglab.plan import strictjson, strictyaml
 from disagglab.plan.config_checks import cross_field_problems
 from disagglab.plan.schema import schema_problems, strict_validator
 
@@ -105,17 +104,29 @@ def display_path(path: str | Path) -> str:
         return str(path)
 
 
+def read_config_file(path: str | Path, name: str | None = None) -> Any:
+    """A config file's document, read as Snakemake reads it (JSON when it is JSON, else YAML), but strictly.
+
+    A key set twice in one mapping is an error naming both lines (json and PyYAML keep the last
+    without a word), and so are JSON's non-numbers NaN/Infinity. A UTF-8 byte-order mark is fine.
+    """
+    name = display_path(path) if name is None else name
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([Problem(name, "", f"cannot read: {exc.strerror}")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([Problem(name, "", f"not UTF-8 text: {exc}")]) from None
+    try:
+        json.loads(text.removeprefix(strictjson.BOM))
+    except ValueError:
+        return strictyaml.load(text, name, ConfigError)
+    return strictjson.loads(text, name, ConfigError)
+
+
 def load_sources(files: list[str | Path], overrides: dict[str, Any] | None = None) -> list[Source]:
-    """Parse each config file (a YAML error names its file) plus `--config` overrides, in merge order."""
-    sources: list[Source] = []
-    for f in files:
-        name = display_path(f)
-        try:
-            sources.append((name, yaml.safe_load(Path(f).read_text())))
-        except yaml.YAMLError as exc:
-            raise ConfigError([Problem(name, "", f"invalid YAML: {exc}")]) from None
-        except OSError as exc:
-            raise ConfigError([Problem(name, "", f"cannot read: {exc.strerror}")]) from None
+    """Parse each config file (an error names its file) plus `--config` overrides, in merge order."""
+    sources: list[Source] = [(display_path(f), read_config_file(f)) for f in files]
     if overrides:
         sources.append(("--config", dict(overrides)))
     return sources
@@ -139,11 +150,7 @@ def merge(sources: list[Source]) -> Any:
 
 def load_config_file(path: str | Path = CONFIG_DIR / "config.yaml") -> dict[str, Any]:
     path = Path(path)
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError([Problem(str(path), "", f"invalid YAML: {exc}")]) from None
-    return validate_config(cfg, str(path))
+    return validate_config(read_config_file(path, str(path)), str(path))
 
 
 def current_config() -> dict[str, Any]:
@@ -163,12 +170,9 @@ def merged_config(configfiles: list[str]) -> dict[str, Any]:
             out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
         return out
 
-    cfg = yaml.safe_load((CONFIG_DIR / "config.yaml").read_text())
+    cfg = read_config_file(CONFIG_DIR / "config.yaml", "config/config.yaml")
     for name in configfiles:
-        try:
-            extra = yaml.safe_load(Path(name).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError([Problem(name, "", f"cannot read config file: {exc}")]) from None
+        extra = read_config_file(name, name) or {}
         if not isinstance(extra, dict):
             raise ConfigError([Problem(name, "", "expected a mapping at the top level")])
         cfg = merge(cfg, extra)

@@ -24,7 +24,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from disagglab.errors import Problem
+from disagglab.errors import InputError, Problem
+from disagglab.plan import strictjson
 from disagglab.plan.model import Pattern
 
 ENV_VAR = "DISAGGLAB_FAULTS"
@@ -56,9 +57,13 @@ class FaultError(Exception):
 def parse(text: str) -> dict[str, dict[str, str]]:
     """The JSON shape and every fault's spelling; pattern and role checks need a plan (validate)."""
     try:
-        doc = json.loads(text)
+        json.loads(text)
     except json.JSONDecodeError as exc:
         raise FaultError(f"{ENV_VAR}: not JSON ({exc}); expected {USAGE}") from None
+    try:  # a pattern or role named twice would silently drop a fault
+        doc = strictjson.loads(text, ENV_VAR)
+    except InputError as exc:
+        raise FaultError(str(exc)) from None
     if not isinstance(doc, dict):
         raise FaultError(f"{ENV_VAR}: expected a JSON object, got {type(doc).__name__}; {USAGE}")
     problems = []

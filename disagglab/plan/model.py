@@ -18,6 +18,7 @@ from typing import Any
 
 from disagglab.errors import PlanError, Problem
 from disagglab.paths import SCHEMA_DIR
+from disagglab.plan import strictjson
 from disagglab.plan.bounds import in_flight_problems
 from disagglab.plan.jsonpath import format_path
 from disagglab.plan.schema import schema_problems, strict_validator
@@ -111,6 +112,36 @@ def _schema_problems(doc: Any, file: str) -> list[Problem]:
     return schema_problems(_validator(), doc, file)
 
 
+def _id_problems(doc: dict[str, Any], file: str) -> list[Problem]:
+    """Duplicate layer and pattern ids, also those that differ only in case.
+
+    Ids stay case-sensitive everywhere (paths, store keys, MLflow names, wildcards), but they
+    become file names: `runs/p15-L0-x.json` and `runs/p15-l0-x.json` (or `L0.done` and
+    `l0.done`) are one file on a case-insensitive file system, so one result would overwrite
+    the other.
+    """
+    problems: list[Problem] = []
+    layers: dict[str, tuple[str, str]] = {}
+    patterns: dict[str, tuple[str, str]] = {}
+
+    def check(seen: dict[str, tuple[str, str]], kind: str, ident: str, where: list[str | int]) -> None:
+        first = seen.setdefault(ident.lower(), (ident, format_path(where)))
+        if first[1] == format_path(where):
+            return
+        if first[0] == ident:
+            reason = f"duplicate {kind} id {ident!r} (also {first[1]})"
+        else:
+            reason = (f"{kind} id {ident!r} differs from {first[0]!r} ({first[1]}) only in case: "
+                      "their files would collide on a case-insensitive file system")
+        problems.append(Problem(file, format_path([*where, "id"]), reason))
+
+    for li, layer in enumerate(doc["layers"]):
+        check(layers, "layer", layer["id"], ["layers", li])
+        for pi, pat in enumerate(layer["patterns"]):
+            check(patterns, "pattern", pat["id"], ["layers", li, "patterns", pi])
+    return problems
+
+
 def _cross_field_problems(doc: dict[str, Any], file: str, stem: str) -> list[Problem]:
     problems: list[Problem] = []
 
@@ -130,21 +161,14 @@ def _cross_field_problems(doc: dict[str, Any], file: str, stem: str) -> list[Pro
     if infra["tp_size"] > infra["gpu_count_per_node"]:
         add(["infrastructure", "tp_size"], f"tp_size {infra['tp_size']} exceeds gpu_count_per_node {infra['gpu_count_per_node']}")
 
-    seen_layers: dict[str, int] = {}
-    seen_patterns: dict[str, str] = {}
+    problems += _id_problems(doc, file)
     prefix = f"p{phase}-"
     any_disagg = False
     common = doc["common_settings"]
     for li, layer in enumerate(doc["layers"]):
-        if layer["id"] in seen_layers:
-            add(["layers", li, "id"], f"duplicate layer id {layer['id']!r} (also layers[{seen_layers[layer['id']]}])")
-        seen_layers.setdefault(layer["id"], li)
         for pi, pat in enumerate(layer["patterns"]):
             here: list[str | int] = ["layers", li, "patterns", pi]
             pid = pat["id"]
-            if pid in seen_patterns:
-                add([*here, "id"], f"duplicate pattern id {pid!r} (also {seen_patterns[pid]})")
-            seen_patterns.setdefault(pid, format_path(here))
             if not pid.startswith(prefix):
                 add([*here, "id"], f"pattern id {pid!r} must start with {prefix!r}")
             if pat["backend"] in DISAGGREGATED:
@@ -161,15 +185,6 @@ def _cross_field_problems(doc: dict[str, Any], file: str, stem: str) -> list[Pro
     if any_disagg and infra["node_count"] < 2:
         add(["infrastructure", "node_count"], f"node_count {infra['node_count']} < 2 but the plan has tcp/efa patterns (prefill and decode need two nodes)")
     return problems + in_flight_problems(doc, file)
-
-
-def _parse_json(text: str, file: str) -> Any:
-    if not text.strip():
-        raise PlanError([Problem(file, "", "file is empty (expected a JSON object)")])
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise PlanError([Problem(file, f"line {exc.lineno} column {exc.colno}", f"invalid JSON: {exc.msg}")]) from None
 
 
 def validate_document(doc: Any, file: str, stem: str) -> list[Problem]:
@@ -232,7 +247,7 @@ def load_plan(path: str | Path) -> Plan:
         raise PlanError([Problem(file, "", "plan file not found")]) from None
     except UnicodeDecodeError as exc:
         raise PlanError([Problem(file, "", f"not UTF-8 text: {exc}")]) from None
-    doc = _parse_json(text, file)
+    doc = strictjson.loads(text, file, PlanError)  # no duplicate keys, no NaN/Infinity; a BOM is fine
     problems = validate_document(doc, file, path.stem)
     if problems:
         raise PlanError(problems)

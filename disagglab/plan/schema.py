@@ -2,7 +2,7 @@
 
 Two things the stock `jsonschema` validator gets wrong for us:
 - `pattern` uses Python's `re.search`, where `$` also matches *before a trailing newline*: the
-  id pattern `^[a-z0-9][a-z0-9.-]*$` would accept "p14-x\\n", and a newline in a value that
+  id pattern `^[A-Za-z0-9][A-Za-z0-9.-]*$` would accept "p14-x\\n", and a newline in a value that
   reaches a command line or a store key is exactly what validation must refuse. JSON Schema
   patterns are ECMA-262, where `$` (without the m flag) matches only at the end. So a pattern
   is compiled with every unescaped `$` outside a character class turned into `\\Z`.
