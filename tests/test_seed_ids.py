@@ -76,3 +76,26 @@ def test_upper_case_ids_are_snakemake_wildcards_as_spelled(seed_project) -> None
     one = seed_project.dry_run_jobs("results/phase15/runs/p15-L0-efa-4k-c1.json")
     assert {j["pattern"] for j in one["fold_trials"]} == {"p15-L0-efa-4k-c1"}
     assert not (seed_project.root / "results").exists()
+
+
+def test_the_seed_naming_examples_run_locally(tmp_path: Path) -> None:
+    """Each seed example id, in a plan of its own phase, measured by the stand-in end to end:
+    the result, its trial and its logs keep the id exactly as spelled."""
+    project = make_project(tmp_path / "proj")
+    targets = []
+    for pid, backend in SEED_EXAMPLES.items():
+        phase = int(pid.split("-")[0][1:])
+        doc = copy.deepcopy(json.loads(SEED_PLAN.read_text()))
+        doc["phase"] = phase
+        doc["common_settings"].update(warmup_iterations=2, measurement_iterations=6)
+        doc["layers"][0]["patterns"] = [{"id": pid, "backend": backend, "prompt_tokens": 1000, "concurrency": 2}]
+        project.write_plan(f"phase{phase}", doc)
+        targets.append(f"results/phase{phase}/L0.done")
+    out = project.snakemake(*targets)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    for pid, backend in SEED_EXAMPLES.items():
+        layout = PhaseLayout.of(f"phase{int(pid.split('-')[0][1:])}", project.root / "results")
+        result = json.loads(layout.result(pid).read_text())
+        assert (result["pattern_id"], result["description"]["backend"], result["completed"]) == (pid, backend, 6)
+        assert result["validity"]["valid"], result["validity"]
+        assert layout.trial(pid, 1).is_file() and layout.trial_logs(pid, 1).is_dir()
