@@ -145,3 +145,20 @@ def test_a_kv_connector_vllm_does_not_know_is_rejected_by_its_connector_registry
     assert [line.split(": [")[0] for line in lines] == [f"plans/phase14.json: p14-{b}-{n}k-c1 producer" for n in (1, 4) for b in ("tcp", "efa")]
     assert lines[0].startswith("plans/phase14.json: p14-tcp-1k-c1 producer: [KVTransferConfig] --kv-transfer-config {")
     assert lines[0].endswith("}: ValueError: Unsupported connector type: NixlConector")
+
+
+def test_a_plan_rule_refuses_before_vllm_is_asked(tmp_path: Path) -> None:
+    """vLLM 0.15.1 accepts max_num_batched_tokens 16 (it lowers max_num_seqs to 16 when
+    --max-num-seqs is not given), so the flag check runs the plan's own rules first: the
+    pattern that would run 16 of its 64 requests at once is refused, naming both figures."""
+    import json
+
+    doc = json.loads((PLANS_DIR / "phase14.json").read_text())
+    doc["layers"][0]["patterns"][0].update(max_num_batched_tokens=16, concurrency=64)
+    plan = tmp_path / "phase14.json"
+    plan.write_text(json.dumps(doc))
+    out = subprocess.run([sys.executable, "-m", "disagglab.tasks.flagcheck", "--python", str(tmp_path / "no-venv" / "python"), str(plan)],
+                         capture_output=True, text=True, timeout=60, check=False, cwd=ROOT)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "layers[0].patterns[0].max_num_batched_tokens: max_num_batched_tokens 16 is below the 30 requests in flight" in out.stderr
+    assert "does not exist" not in out.stderr  # refused before the checker venv is even looked for

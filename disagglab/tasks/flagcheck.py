@@ -29,6 +29,8 @@ from typing import Any
 
 from disagglab.errors import InputError
 from disagglab.paths import ROOT
+from disagglab.plan.checks import check_plan as check_plan_rules
+from disagglab.plan.checks import print_warnings
 from disagglab.plan.config import current_config
 from disagglab.plan.model import Plan, load_plan
 from disagglab.tasks.render import render_task
@@ -111,6 +113,9 @@ def report(path: Path, cases: list[dict[str, Any]], verdicts: list[dict[str, Any
 def check_plan(path: Path, args: argparse.Namespace, cfg: dict[str, Any], not_checked: dict[str, None]) -> int:
     """Rejections in one plan; raises InputError, RuntimeError (exit 2) when it cannot be checked."""
     plan = load_plan(path)
+    # The plan's own rules first (e.g. a max_num_batched_tokens that caps running sequences,
+    # which vLLM accepts): a plan every other front door refuses is not "checked" here either.
+    print_warnings(check_plan_rules(plan, cfg))
     version = str(plan.infrastructure["vllm_version"]).lstrip("v")
     python = args.python or str(ROOT / f".venv-argcheck-{version}" / "bin" / "python")
     if not Path(python).exists():
