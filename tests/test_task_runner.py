@@ -126,7 +126,7 @@ def test_server_that_exits_during_start_is_reported_with_its_log(tmp_path: Path)
     assert any("CUDA out of memory" in line for line in rep["log_tail"])
 
 
-@pytest.mark.parametrize("bad", ["../etc", "P1-X", "p1-x;id"])
+@pytest.mark.parametrize("bad", ["../etc", "p1-x\n", "p1-x;id", ".p1"])  # upper case is valid since the seed ids (P1-X is an id)
 def test_stop_rejects_bad_pattern_ids(tmp_path: Path, bad: str) -> None:
     code, rep = run("stop", "--node-dir", str(tmp_path), "--pattern", bad)
     assert code == 1 and "invalid pattern id" in rep["cause"]
