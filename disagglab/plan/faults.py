@@ -12,7 +12,9 @@ Format (JSON): {"<pattern id>": {"<role>": "<fault>", ...}, ...}
 role                            faults
 unified / producer / consumer   stand-in only (engine: sim), see scripts/vllm_sim.py:
                                 crash_after=N, slow_start=S, never_healthy, hang_mid_stream=N,
-                                http_500=N, malformed_sse=N, no_kv_params (producer only)
+                                http_500=N, malformed_sse=N, no_kv_params (producer only),
+                                ignore_kv_params (consumer only: it prefills locally)
+unified-i / producer-i / ...    the same, for instance i >= 1 of a pattern's topology
 proxy (tcp/efa patterns)        kill_after_s=S: the runner SIGKILLs the proxy's process group
 benchmark                       kill_after_s=S: ... the benchmark's, S s after the benchmark started
 """
@@ -27,6 +29,7 @@ from typing import Any
 from disagglab.errors import InputError, Problem
 from disagglab.plan import strictjson
 from disagglab.plan.model import Pattern
+from disagglab.plan.topology import instances
 
 ENV_VAR = "DISAGGLAB_FAULTS"
 RESERVED_ENV_PREFIXES = ("DISAGG_", "DISAGGLAB_")
@@ -41,13 +44,22 @@ SERVER_FAULTS = {
     "http_500": re.compile(rf"^http_500={_COUNT}$"),
     "malformed_sse": re.compile(rf"^malformed_sse={_COUNT}$"),
     "no_kv_params": re.compile(r"^no_kv_params$"),
+    "ignore_kv_params": re.compile(r"^ignore_kv_params$"),
 }
 KILL_FAULT = re.compile(rf"^kill_after_s={_SECONDS}$")
 SERVER_ROLES = ("unified", "producer", "consumer")
 ROLES = (*SERVER_ROLES, "proxy", "benchmark")
+INSTANCE_ROLE = re.compile(r"^(unified|producer|consumer)-([1-9][0-9]*)$")
+"""Instance i >= 1 of a role in a pattern's topology (instance 0 is the role's own name)."""
+
+
+def server_role(role: str) -> str:
+    """`consumer-1` -> `consumer`; any other role as it is."""
+    m = INSTANCE_ROLE.match(role)
+    return m.group(1) if m else role
 USAGE = (f'{ENV_VAR}=\'{{"<pattern id>": {{"<role>": "<fault>"}}}}\' with role one of {", ".join(ROLES)}; server faults: '
-         "crash_after=N, slow_start=S, never_healthy, hang_mid_stream=N, http_500=N, malformed_sse=N, no_kv_params; "
-         "proxy/benchmark: kill_after_s=S")
+         "crash_after=N, slow_start=S, never_healthy, hang_mid_stream=N, http_500=N, malformed_sse=N, no_kv_params, ignore_kv_params; "
+         "a server role may name one instance of a topology: consumer-1; proxy/benchmark: kill_after_s=S")
 
 
 class FaultError(Exception):
@@ -71,15 +83,15 @@ def parse(text: str) -> dict[str, dict[str, str]]:
         if not isinstance(roles, dict) or not roles:
             problems.append(f"{ENV_VAR}: {pid}: expected a non-empty object of role -> fault")
             continue
-        for role, spec in roles.items():
-            where = f"{ENV_VAR}: {pid}.{role}"
+        for named, spec in roles.items():
+            where, role = f"{ENV_VAR}: {pid}.{named}", server_role(named)
             if role not in ROLES:
                 problems.append(f"{where}: unknown role {role!r} (roles: {', '.join(ROLES)})")
             elif not isinstance(spec, str):
                 problems.append(f"{where}: expected a string, got {type(spec).__name__}")
             elif role in SERVER_ROLES and not any(rx.match(spec) for rx in SERVER_FAULTS.values()):
                 problems.append(f"{where}: unknown fault {spec!r} (server faults: crash_after=N, slow_start=S, never_healthy, "
-                                "hang_mid_stream=N, http_500=N, malformed_sse=N, no_kv_params; N >= 1 except crash_after)")
+                                "hang_mid_stream=N, http_500=N, malformed_sse=N, no_kv_params, ignore_kv_params; N >= 1 except crash_after)")
             elif role not in SERVER_ROLES and not KILL_FAULT.match(spec):
                 problems.append(f"{where}: unknown fault {spec!r} (the {role} supports kill_after_s=SECONDS)")
     if problems:
@@ -93,17 +105,22 @@ def validate_entry(pid: str, roles: Mapping[str, str], pattern: Pattern | None, 
     if pattern is None:
         return [f"{where}: unknown pattern (no plan in plans/ defines it)"]
     problems = []
-    for role, spec in roles.items():
+    for named, spec in roles.items():
+        role = server_role(named)
         if role in SERVER_ROLES and role not in pattern.roles:
-            problems.append(f"{where}.{role}: pattern {pid} ({pattern.backend}) has no role {role!r} (roles: {', '.join(pattern.roles)})")
+            problems.append(f"{where}.{named}: pattern {pid} ({pattern.backend}) has no role {role!r} (roles: {', '.join(pattern.roles)})")
+        elif named != role and named not in {s["name"] for s in instances(pattern.spec, role)}:
+            problems.append(f"{where}.{named}: pattern {pid} runs {len(instances(pattern.spec, role))} {role} instance(s), so no {named!r}")
         elif role == "proxy" and not pattern.disaggregated:
             problems.append(f"{where}.proxy: pattern {pid} ({pattern.backend}) runs no proxy")
         elif role in SERVER_ROLES and engine != "sim":
-            problems.append(f"{where}.{role}: server faults exist only in the stand-in (engine: sim), not with engine {engine!r}")
+            problems.append(f"{where}.{named}: server faults exist only in the stand-in (engine: sim), not with engine {engine!r}")
         elif spec == "no_kv_params" and role != "producer":
-            problems.append(f"{where}.{role}: no_kv_params applies to a producer only")
+            problems.append(f"{where}.{named}: no_kv_params applies to a producer only")
+        elif spec == "ignore_kv_params" and role != "consumer":
+            problems.append(f"{where}.{named}: ignore_kv_params applies to a consumer (decode server) only")
         elif role == "producer" and spec.split("=")[0] in ("hang_mid_stream", "malformed_sse"):
-            problems.append(f"{where}.producer: {spec.split('=')[0]} breaks streamed answers, and a producer answers the proxy without streaming")
+            problems.append(f"{where}.{named}: {spec.split('=')[0]} breaks streamed answers, and a producer answers the proxy without streaming")
     return problems
 
 
@@ -144,7 +161,7 @@ def for_pattern(environ: Mapping[str, str], pattern: Pattern, engine: str) -> di
 
 def step_args(faults: Mapping[str, str], roles: tuple[str, ...] | list[str]) -> list[str]:
     """`--fault ROLE=SPEC` for the roles one runner step handles."""
-    return [arg for role in roles if role in faults for arg in ("--fault", f"{role}={faults[role]}")]
+    return [arg for role in roles for named in faults if server_role(named) == role for arg in ("--fault", f"{named}={faults[named]}")]
 
 
 def reserved_env_problems(cfg: Mapping[str, Any], source: str) -> list[Problem]:

@@ -30,6 +30,7 @@ from typing import Any
 
 from disagglab.errors import Problem
 from disagglab.plan.bounds import in_flight
+from disagglab.plan.topology import instances
 
 GIB = 2**30
 PRODUCER_OUTPUT_TOKENS = 1
@@ -66,13 +67,14 @@ def kv_bytes_per_token(model: dict[str, Any], tp: int) -> float:
 
 
 def role_fit(spec: dict[str, Any], role: str, model: dict[str, Any], instance: dict[str, Any]) -> Fit:
-    tp = spec["infrastructure"]["tp_size"]
+    servers = instances(spec, role)  # the role's tensor parallelism; requests spread over its servers
+    tp = servers[0]["tp_size"]
     weights = model["params"] * model["dtype_bytes"] / tp
     budget = spec["gpu_memory_utilization"] * instance["gpu_memory_gib"] * GIB - weights
     per_token = kv_bytes_per_token(model, tp)
     out = PRODUCER_OUTPUT_TOKENS if role == "producer" else spec["max_tokens"]
     return Fit(role, budget, weights, per_token, max(0, int(budget // per_token)), spec["max_model_len"],
-               in_flight(spec), spec["prompt_tokens"] + out)
+               -(-in_flight(spec) // len(servers)), spec["prompt_tokens"] + out)
 
 
 def _gib(n: float) -> str:

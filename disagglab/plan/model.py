@@ -22,6 +22,7 @@ from disagglab.plan import strictjson
 from disagglab.plan.bounds import in_flight_problems
 from disagglab.plan.jsonpath import format_path
 from disagglab.plan.schema import schema_problems, strict_validator
+from disagglab.plan.topology import plan_topology, topology_problems
 
 BACKENDS = ("unified", "tcp", "efa")
 DISAGGREGATED = ("tcp", "efa")
@@ -184,7 +185,7 @@ def _cross_field_problems(doc: dict[str, Any], file: str, stem: str) -> list[Pro
                 add([*here, "max_model_len"], f"{pat['max_model_len']} is less than prompt_tokens + max_tokens = {need}")
     if any_disagg and infra["node_count"] < 2:
         add(["infrastructure", "node_count"], f"node_count {infra['node_count']} < 2 but the plan has tcp/efa patterns (prefill and decode need two nodes)")
-    return problems + in_flight_problems(doc, file)
+    return problems + topology_problems(doc, file) + in_flight_problems(doc, file)
 
 
 def validate_document(doc: Any, file: str, stem: str) -> list[Problem]:
@@ -226,6 +227,9 @@ def effective_spec(doc: dict[str, Any], pattern: dict[str, Any]) -> dict[str, An
         spec["max_model_len_source"] = "auto"
     spec["infrastructure"] = dict(doc["infrastructure"])
     spec["phase"] = doc["phase"]
+    topology = plan_topology(pattern, pattern["backend"], doc["infrastructure"]["tp_size"])
+    if topology is not None:  # absent by default: today's plans keep their spec and their tasks
+        spec["topology"] = topology
     return spec
 
 

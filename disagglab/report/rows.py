@@ -19,6 +19,7 @@ from typing import Any
 
 from disagglab.paths import PhaseLayout
 from disagglab.plan.model import Pattern, Plan
+from disagglab.plan.topology import gpus_used
 from disagglab.results.read import latest_acceptance_note
 from disagglab.results.status import pattern_state
 
@@ -166,7 +167,7 @@ def pattern_row(pattern: Pattern, results_dir: Path) -> Row:
     """The row of one pattern. Never raises for a broken file: the row says what is wrong and where."""
     row: Row = dict.fromkeys((*STATE_COLUMNS, *PREFLIGHT_COLUMNS, *PER_GPU_COLUMNS))
     row.update(_params(pattern))
-    row["gpus_used"] = pattern.spec["infrastructure"]["tp_size"] * len(pattern.roles)
+    row["gpus_used"] = gpus_used(pattern.spec, pattern.roles)
     result_path, failure_path = PhaseLayout(results_dir).result(pattern.id), PhaseLayout(results_dir).failure(pattern.id)
     try:
         state, detail = pattern_state(results_dir, pattern.id)

@@ -42,6 +42,9 @@ CONFIDENCE = 0.95
 NOT_MEASURED = {"schema_version", "trial"}
 
 
+HEADLINE_THROUGHPUTS = ("request_throughput", "output_throughput", "total_token_throughput")
+
+
 def _betacf(a: float, b: float, x: float) -> float:
     """Continued fraction of the regularized incomplete beta function (modified Lentz)."""
     tiny = 1e-300
@@ -155,6 +158,9 @@ def aggregate(trials: Sequence[dict[str, Any]], trial_files: Sequence[dict[str, 
         mean = math.fsum(values) / len(values)
         result[key] = values[0] if all(v == values[0] for v in values) else mean
     result["repeats"] = len(trials)
+    gpus = (result.get("per_gpu") or {}).get("gpus")
+    if isinstance(gpus, int) and gpus > 0:  # per GPU of the mean, as the means above
+        result["per_gpu"] = {"gpus": gpus, **{f"{k}_per_gpu": result[k] / gpus for k in HEADLINE_THROUGHPUTS if isinstance(result.get(k), int | float)}}
     result["stats"] = {key: summarize([float(t[key]) for t in trials]) for key in HEADLINE_METRICS if key in keys}
     result["trials"] = [
         {

@@ -19,11 +19,14 @@ from disagglab.errors import Interrupted, StepFailed
 from disagglab.hashing import atomic_write_json, sha256_file
 from disagglab.paths import ROOT, PhaseLayout
 from disagglab.plan import local_vllm
+from disagglab.plan.topology import describe, gpus_used
 from disagglab.results.failure import SCHEMA_VERSION, iso, trial_failure, write_failure
 from disagglab.results.outcome import TrialOutcome
 from disagglab.tasks.nodefiles import files_for_pattern, node_file_digests
 
-__all__ = ["SCHEMA_VERSION", "build_result", "git_revision", "kv_evidence", "layer_marker", "save_trial", "write_result"]
+__all__ = ["SCHEMA_VERSION", "build_result", "git_revision", "instance_kv_evidence", "kv_evidence", "layer_marker", "per_gpu",
+           "save_trial", "write_result"]
+THROUGHPUTS = ("request_throughput", "output_throughput", "total_token_throughput")
 
 
 def git_revision() -> str | None:
@@ -69,6 +72,35 @@ def kv_evidence(backend: str, metrics: dict[str, Any] | None, completed: int) ->
     return evidence
 
 
+def instance_kv_evidence(backend: str, readings: list[dict[str, Any]], completed: int) -> dict[str, Any]:
+    """Did KV move to every decode instance? Each must show transfers for the requests it served.
+
+    A decode instance's own counters say how many requests it finished (vllm:request_success_total,
+    read around the benchmark, so warmup included) and how many KV transfers it pulled; fewer transfers than
+    requests means it re-prefilled locally, and an instance that served none shows nothing.
+    """
+    per = []
+    for reading in readings:
+        served = int(reading["delta"]["requests_succeeded"])
+        ev = kv_evidence(backend, reading, served)
+        if served == 0:
+            ev.update(valid=False, reason="served no request during the benchmark, so it shows no KV transfer")
+        per.append({**ev, "requests": served})
+    bad = [f"{e['server']}: {e['reason']}" for e in per if not e["valid"]]
+    transfers = sum(e["transfers"] for e in per)
+    total = {"required": True, "servers": [e["server"] for e in per], "transfers": transfers,
+             "failed_transfers": sum(e["failed_transfers"] for e in per), "completed_requests": completed,
+             "instances": per, "valid": not bad}
+    total["reason"] = ("decode instance " + "; decode instance ".join(bad) if bad
+                       else f"every decode instance pulled KV: {transfers} transfers >= {completed} completed requests, 0 failed")
+    return total
+
+
+def per_gpu(metrics: dict[str, Any], gpus: int) -> dict[str, Any]:
+    """Throughput per GPU of the pattern (every GPU its servers hold, prefill and decode alike)."""
+    return {"gpus": gpus, **{f"{k}_per_gpu": metrics[k] / gpus for k in THROUGHPUTS if isinstance(metrics.get(k), int | float) and gpus > 0}}
+
+
 def _node_result(outcome: TrialOutcome) -> dict[str, Any]:
     bench_node = "node2" if outcome.pattern.disaggregated else "node1"
     path = outcome.collected.get(bench_node, {}).get("node-result.json")
@@ -85,12 +117,19 @@ def _description(outcome: TrialOutcome, infra: dict[str, Any]) -> dict[str, Any]
         "instance_type": infra["instance_type"],
         "vllm_version": infra["vllm_version"],
         "tensor_parallel_size": infra["tp_size"],
-        "roles": {role: {"node": "node1" if role in ("unified", "producer") else "node2"} for role in pattern.roles},
-        "gpus_used": infra["tp_size"] * len(pattern.roles),
+        "roles": _roles(spec, pattern.roles),
+        "gpus_used": gpus_used(spec, pattern.roles),
         "load": {"measurement_type": spec["measurement_type"], "concurrency": spec["concurrency"],
                  "prompt_tokens": spec["prompt_tokens"], "max_tokens": spec["max_tokens"],
                  "warmup_requests": spec["warmup_iterations"], "measured_requests": spec["measurement_iterations"]},
     }
+
+
+def _roles(spec: dict[str, Any], roles: tuple[str, ...]) -> dict[str, Any]:
+    """Where each role ran; with a topology also its instances, tp_size and GPUs (absent: today's description)."""
+    if "topology" not in spec:
+        return {role: {"node": "node1" if role in ("unified", "producer") else "node2"} for role in roles}
+    return describe(spec, roles)
 
 
 def _provenance(outcome: TrialOutcome, node_result: dict[str, Any]) -> dict[str, Any]:
@@ -109,6 +148,7 @@ def _provenance(outcome: TrialOutcome, node_result: dict[str, Any]) -> dict[str,
         "bench_finished_at": iso(node_result.get("bench_finished_at")),
         "logs": {node: sorted(files) for node, files in outcome.collected.items()},
         "kv_metrics": node_result.get("metrics"),
+        **({"kv_metrics_per_instance": node_result["instance_metrics"]} if node_result.get("instance_metrics") else {}),
         "local_vllm": local_vllm.provenance(cfg, outcome.pattern.spec["infrastructure"]["model"]),
         "preflight": outcome.preflight,
     }
@@ -120,7 +160,10 @@ def build_result(outcome: TrialOutcome) -> dict[str, Any]:
     bench = dict(node_result["benchmark"])
     requests = bench.pop("requests", [])
     completed = int(bench.get("completed", 0))
-    evidence = kv_evidence(outcome.pattern.backend, node_result.get("metrics"), completed)
+    if node_result.get("instance_metrics"):  # a topology of several decode servers: evidence per instance
+        evidence = instance_kv_evidence(outcome.pattern.backend, node_result["instance_metrics"], completed)
+    else:
+        evidence = kv_evidence(outcome.pattern.backend, node_result.get("metrics"), completed)
     infra = local_vllm.effective_spec(outcome.cfg, outcome.pattern.spec)["infrastructure"]
     engine = outcome.cfg["engine"]
     reasons = [] if evidence["valid"] else [evidence["reason"]]
@@ -137,6 +180,7 @@ def build_result(outcome: TrialOutcome) -> dict[str, Any]:
         "spec": outcome.pattern.spec,
         **bench,
         "kv_transfer": evidence,
+        "per_gpu": per_gpu(bench, gpus_used(outcome.pattern.spec, outcome.pattern.roles)),
         "started_at": iso(outcome.started),
         "finished_at": iso(outcome.finished),
         "provenance": _provenance(outcome, node_result),

@@ -21,12 +21,15 @@ from typing import Any
 from disagglab import procs
 from disagglab.deploy.storage import Storage, open_storage
 from disagglab.plan import local_vllm
+from disagglab.plan.topology import fixed_ports, instance_port_names
 from disagglab.run.transport import LocalTransport, Node, Transport
 
-PORT_NAMES = (
+BASE_PORT_NAMES = (
     "unified_port", "producer_port", "consumer_port", "proxy_port",
     "producer_side_channel_port", "consumer_side_channel_port", "preflight_port",
 )
+PORT_NAMES = (*BASE_PORT_NAMES, *instance_port_names())
+"""Every port a pattern may bind: today's names (instance 0) and `<name>_<i>` for instances 1..15."""
 LEASE_DIR = Path("results/.leases")
 BAD_PAIRS = LEASE_DIR / "bad-pairs.json"
 
@@ -149,7 +152,7 @@ class Fleet:
                 try:
                     os.ftruncate(fd, 0)
                     os.write(fd, f"{os.getpid()}\n".encode())
-                    ports = {k: int(v) for k, v in self.cfg["aws"]["ports"].items()}
+                    ports = fixed_ports(self.cfg["aws"]["ports"])
                     yield NodePair(Node("node1", spec.node1.address, spec.node1.instance_id),
                                    Node("node2", spec.node2.address, spec.node2.instance_id), ports, spec.index)
                     return

@@ -33,6 +33,7 @@ from disagglab.plan.checks import check_plan as check_plan_rules
 from disagglab.plan.checks import print_warnings
 from disagglab.plan.config import current_config
 from disagglab.plan.model import Plan, load_plan
+from disagglab.plan.topology import fixed_ports
 from disagglab.tasks.render import render_task
 
 CHECKER = ROOT / "tools" / "vllm_argcheck.py"
@@ -49,7 +50,7 @@ def node_config(cfg: dict[str, Any], local: bool) -> dict[str, Any]:
 
 
 def bindings(cfg: dict[str, Any]) -> dict[str, str]:
-    return {**PLACEHOLDER_HOSTS, **{k: str(v) for k, v in cfg["aws"]["ports"].items()},
+    return {**PLACEHOLDER_HOSTS, **{k: str(v) for k, v in fixed_ports(cfg["aws"]["ports"]).items()},
             "python": "/usr/bin/python3", "node_dir": "/node", "out_dir": "/node/out"}
 
 

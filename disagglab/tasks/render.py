@@ -19,6 +19,7 @@ from disagglab.paths import TEMPLATE_DIR
 from disagglab.plan import local_vllm
 from disagglab.plan.config import sim_profile
 from disagglab.plan.model import Pattern
+from disagglab.plan.topology import instance_port_names, instances
 
 TEMPLATES = {
     "unified": "unified.json.jinja2",
@@ -31,6 +32,7 @@ BINDINGS = frozenset(
         "python", "node_dir", "out_dir", "bind_host", "node1_host", "node2_host",
         "unified_port", "producer_port", "consumer_port", "proxy_port",
         "producer_side_channel_port", "consumer_side_channel_port", "preflight_port",
+        *instance_port_names(),
     }
 )
 _TOKEN = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
@@ -96,6 +98,7 @@ def render_task(pattern: Pattern, role: str, phase: str, cfg: dict[str, Any]) ->
         "engine": engine_block(cfg, spec),
         "server": cfg["server"],
         "benchmark": cfg["benchmark"],
+        "instances": {role: instances(spec, role) for role in pattern.roles},
         **local_vllm.render_context(cfg, pattern.backend),
     }
     text = _env().get_template(TEMPLATES[role]).render(**context)

@@ -65,6 +65,17 @@ def _checked_result(out_dir: Path, code: int, bench: dict[str, Any], prefix: str
     return result
 
 
+def _scrape_after(urls: dict[str, str]) -> tuple[dict[str, dict[str, float]] | None, str]:
+    """Every server's counters after the benchmark, or None and why one could not be read."""
+    after = {}
+    for name, url in urls.items():
+        try:
+            after[name] = scrape_metrics(url)
+        except (urllib.error.URLError, OSError) as exc:  # the server died under the benchmark: the cause says so
+            return None, f"cannot read {url} after the benchmark ({getattr(exc, 'reason', exc)})"
+    return after, ""
+
+
 def step_bench(args: argparse.Namespace) -> dict[str, Any]:
     node_dir = Path(args.node_dir)
     task = load_task(node_dir, args.task)
@@ -86,9 +97,9 @@ def step_bench(args: argparse.Namespace) -> dict[str, Any]:
         proxy = task["proxy"]
         proxy_proc = spawn("proxy", bind(proxy["argv"], bindings), {}, run_dir, ledger)
         timings["proxy_healthy_after_s"] = round(wait_healthy(bind(proxy["health_url"], bindings), float(proxy["health_timeout_s"]), proxy_proc, "proxy", proxy_log), 3)
-    server = next(s for s in task["servers"] if s["name"] == task["role"])
-    metrics_url = bind(server["metrics_url"], bindings)
-    before = scrape_metrics(metrics_url)
+    # KV evidence from every server of the role (one per instance of the pattern's topology).
+    urls = {s["name"]: bind(s["metrics_url"], bindings) for s in task["servers"]}
+    before = {name: scrape_metrics(url) for name, url in urls.items()}
     t0 = time.time()
     bench_log = run_dir / "logs" / "benchmark.log"
     code = _run_benchmark(bind(bench["argv"], bindings), run_dir, ledger, proxy_proc, faults)
@@ -96,11 +107,7 @@ def step_bench(args: argparse.Namespace) -> dict[str, Any]:
     # What died under the benchmark on this node: named in the cause, before the request errors.
     gone = _what_died(task, ledger, proxy_proc)
     explain_log = proxy_log if gone and gone[0].startswith("proxy") else bench_log
-    try:
-        after: dict[str, float] | None = scrape_metrics(metrics_url)
-        unreadable = ""
-    except (urllib.error.URLError, OSError) as exc:  # the server died under the benchmark: the cause says so
-        after, unreadable = None, f"cannot read {metrics_url} after the benchmark ({getattr(exc, 'reason', exc)})"
+    after, unreadable = _scrape_after(urls)
     if task.get("proxy"):
         entries = ledger.load()
         stop_entries(entries, 5.0, only={"proxy"})
@@ -109,10 +116,12 @@ def step_bench(args: argparse.Namespace) -> dict[str, Any]:
     result = _checked_result(out_dir, code, bench, prefix, explain_log)
     if after is None:
         raise StepError(prefix + unreadable, explain_log)
-    delta = {k: after[k] - before[k] for k in EVIDENCE_METRICS}
+    readings = [{"source": url, "server": name, "before": before[name], "after": after[name],
+                 "delta": {k: after[name][k] - before[name][k] for k in EVIDENCE_METRICS}} for name, url in urls.items()]
     node_result = {
         "benchmark": result,
-        "metrics": {"source": metrics_url, "server": server["name"], "before": before, "after": after, "delta": delta},
+        "metrics": readings[0],
+        **({"instance_metrics": readings} if len(readings) > 1 else {}),
         "bench_started_at": t0,
         "bench_finished_at": t1,
         "timings": timings,

@@ -21,6 +21,9 @@ BINDING_NAMES = frozenset(
         "python", "node_dir", "out_dir", "bind_host", "node1_host", "node2_host",
         "unified_port", "producer_port", "consumer_port", "proxy_port",
         "producer_side_channel_port", "consumer_side_channel_port", "preflight_port",
+        # instances 1..15 of a role (a pattern's topology); instance 0 uses the names above
+        *(f"{base}_{i}" for base in ("unified_port", "producer_port", "consumer_port", "producer_side_channel_port",
+                                     "consumer_side_channel_port") for i in range(1, 16)),
     }
 )
 # twin: disagglab/tasks/render.py:_TOKEN

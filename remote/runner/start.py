@@ -24,13 +24,15 @@ def step_start(args: argparse.Namespace) -> dict[str, Any]:
     faults = parse_faults(args.fault, {srv["name"] for srv in task["servers"]})
     if faults and task.get("engine") != "sim":
         raise StepError(f"--fault {', '.join(sorted(faults))}: server faults exist only in the stand-in (engine sim), this task runs {task.get('engine')!r}")
-    ready = {}
-    for server in task["servers"]:
+    started = []
+    for server in task["servers"]:  # every instance starts at once, then each is waited on
         argv = bind(server["argv"], bindings)
         env = bind(server.get("env", {}), bindings)
         if server["name"] in faults:
             env["DISAGG_SIM_FAULT"] = faults[server["name"]]
-        proc = spawn(server["name"], argv, env, run_dir, ledger)
+        started.append((server, spawn(server["name"], argv, env, run_dir, ledger)))
+    ready = {}
+    for server, proc in started:
         log = run_dir / "logs" / f"{server['name']}.log"
         ready[server["name"]] = round(wait_healthy(bind(server["health_url"], bindings), float(server["health_timeout_s"]), proc, server["name"], log), 3)
     return {"healthy_after_s": ready}

@@ -23,6 +23,7 @@ class Fault:
     http_500_from: int | None = None
     malformed_sse_from: int | None = None
     no_kv_params: bool = False
+    ignore_kv_params: bool = False
 
     @property
     def active(self) -> bool:
@@ -30,7 +31,7 @@ class Fault:
 
 
 FAULT_USAGE = (
-    "crash_after=N, slow_start=S, never_healthy, hang_mid_stream=N, http_500=N, malformed_sse=N, no_kv_params"
+    "crash_after=N, slow_start=S, never_healthy, hang_mid_stream=N, http_500=N, malformed_sse=N, no_kv_params, ignore_kv_params"
 )
 
 
@@ -50,6 +51,6 @@ def parse_fault(value: str | None) -> Fault:
             seconds = -1.0
         if seconds >= 0 and math.isfinite(seconds):
             return Fault(slow_start_s=seconds)
-    if name in ("never_healthy", "no_kv_params") and not sep:
+    if name in ("never_healthy", "no_kv_params", "ignore_kv_params") and not sep:
         return Fault(**{name: True})
     raise ConfigError(f"DISAGG_SIM_FAULT: unknown value {value!r} (supported: {FAULT_USAGE}; N >= 1 except crash_after)")

@@ -178,7 +178,8 @@ class SimServer:
         kv_in = body.get("kv_transfer_params") if self.kv is not None else None
         kv_in = kv_in if isinstance(kv_in, dict) else None
         remote_decode = kv_in is not None and kv_in.get("do_remote_decode") is True
-        remote_prefill = kv_in is not None and kv_in.get("do_remote_prefill") is True
+        # Fault ignore_kv_params (a decode server only): prefill locally as if no KV were offered.
+        remote_prefill = kv_in is not None and kv_in.get("do_remote_prefill") is True and not self.cfg.fault.ignore_kv_params
 
         base_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
         resp_id = f"{'chatcmpl' if chat else 'cmpl'}-{base_id}"
