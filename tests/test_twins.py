@@ -31,18 +31,28 @@ MARKER = re.compile(r"^# twin: (?P<path>[^:]+):(?P<name>[\w.$]+)\s*$")
 
 
 def node_module(rel: str) -> Any:
-    """Load a node file the way the node does: entry files by path, parts as their package's module."""
+    """Load a node file the way the node does: entry files by path, parts as their package's module.
+
+    sys.path and sys.modules are restored afterwards: a node part imports its entry file by name
+    (`from task_runner import StepError`), and a copy left behind would hand later tests a
+    second StepError class.
+    """
     path = ROOT / rel
     tree = path.parent if path.parent.name in ("remote", "scripts") else path.parent.parent
-    if str(tree) not in sys.path:
-        sys.path.insert(0, str(tree))
-    if tree != path.parent:
-        return importlib.import_module(f"{path.parent.name}.{path.stem}")
-    spec = importlib.util.spec_from_file_location("twin_" + path.stem, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    saved_path, saved_modules = list(sys.path), set(sys.modules)
+    sys.path.insert(0, str(tree))
+    try:
+        if tree != path.parent:
+            return importlib.import_module(f"{path.parent.name}.{path.stem}")
+        spec = importlib.util.spec_from_file_location("twin_" + path.stem, path)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path[:] = saved_path
+        for name in set(sys.modules) - saved_modules:
+            del sys.modules[name]
 
 
 def twins() -> list[tuple[str, str, str, str]]:
