@@ -69,9 +69,12 @@ def initials(field: str) -> str:
     return "".join(word[0] for word in field.split("_") if word)
 
 
+_SEED_FORMS = {"backend": "-", "prompt_tokens": "-", "concurrency": "-c"}
+
+
 def suffix_head(field: str) -> str:
     """What precedes the value in the suffix of a swept field the template does not name."""
-    return {"backend": "-", "prompt_tokens": "-", "concurrency": "-c"}.get(field, f"-{initials(field)}")
+    return _SEED_FORMS.get(field, f"-{initials(field)}")
 
 
 def _field_text(field: str, value: Any) -> str:
@@ -175,8 +178,8 @@ def _layer_problems(layer: dict[str, Any], li: int, phase: int, fields: set[str]
         return problems
     named = _named(layer.get("id_template", DEFAULT_TEMPLATE))
     heads: dict[str, str] = {}
-    for key in sweep:
-        if key not in named and heads.setdefault(suffix_head(key), key) != key:
+    for key in sweep:  # backend, prompt_tokens and concurrency have their seed forms, never ambiguous
+        if key not in named and key not in _SEED_FORMS and heads.setdefault(suffix_head(key), key) != key:
             problems.append(Problem(file, format_path(["layers", li, "sweep", key]),
                                     f"its id suffix {suffix_head(key)!r}<value> is also that of {heads[suffix_head(key)]!r}: name one of them in id_template"))
     size = 1
