@@ -208,12 +208,26 @@ def _cross_field_problems(doc: dict[str, Any], file: str, stem: str) -> list[Pro
 def checked_document(doc: Any, file: str, stem: str) -> tuple[Any, dict[tuple[int, int], sweep.Origin], list[Problem]]:
     """(the document with its sweeps expanded, the origin of each expanded pattern, every problem)."""
     problems = _schema_problems(doc, file)
-    if problems:
-        return doc, {}, problems
+    if problems:  # still list the problems of the sweeps whose layers are well-formed
+        return doc, {}, problems + _sweep_problems_beside(doc, file, problems)
     expanded, origins, problems = sweep.expand(doc, file, _pattern_validator(), _pattern_fields())
     if problems:
         return expanded, origins, problems
     return expanded, origins, sweep.relocate(_cross_field_problems(expanded, file, stem), origins)
+
+
+def _sweep_problems_beside(doc: Any, file: str, schema: list[Problem]) -> list[Problem]:
+    """The sweep problems of the layers the schema found nothing wrong in (so a file's whole list is shown)."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("layers"), list) or not isinstance(doc.get("phase"), int):
+        return []
+    bad = {int(m[1]) for p in schema if (m := re.match(r"layers\[(\d+)\]", p.path))}
+    if any(not p.path.startswith("layers[") for p in schema if p.path.startswith("layers")):
+        return []  # the layers list itself is wrong
+    layers = [layer for i, layer in enumerate(doc["layers"]) if i not in bad and "sweep" in layer]
+    if not layers:
+        return []
+    clean = {"phase": doc["phase"], "layers": [lay if i not in bad else {"id": "", "patterns": []} for i, lay in enumerate(doc["layers"])]}
+    return sweep.expand(clean, file, _pattern_validator(), _pattern_fields())[2]
 
 
 def validate_document(doc: Any, file: str, stem: str) -> list[Problem]:
