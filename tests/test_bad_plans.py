@@ -20,7 +20,7 @@ from conftest import ROOT, make_project
 BASE = json.loads((ROOT / "plans" / "phase14.json").read_text())
 BASE["phase"] = 99
 for _layer in BASE["layers"]:
-    for _pat in _layer["patterns"]:
+    for _pat in _layer.get("patterns", []):  # L1 is a sweep: its id_template writes p{phase}-
         _pat["id"] = _pat["id"].replace("p14-", "p99-")
 
 
@@ -32,6 +32,10 @@ def mutate(fn: Callable[[dict], None]) -> str:
 
 def p0(doc: dict) -> dict:
     return doc["layers"][0]["patterns"][0]
+
+
+def L1(doc: dict) -> dict:  # noqa: N802 - the layer's id
+    return doc["layers"][1]
 
 
 def _set(path: list, value) -> Callable[[dict], None]:
@@ -99,11 +103,11 @@ CASES: list[tuple[str, str, str, str]] = [
     ("bad measurement type", mutate(_set(["common_settings", "measurement_type"], "batch")), "common_settings.measurement_type", "is not one of"),
     ("tp above gpus", mutate(_set(["infrastructure", "tp_size"], 8)), "infrastructure.tp_size", "exceeds gpu_count_per_node 4"),
     ("single node with tcp", mutate(_set(["infrastructure", "node_count"], 1)), "infrastructure.node_count", "need two nodes"),
-    ("duplicate pattern id", mutate(lambda d: d["layers"][1]["patterns"][0].update(id=p0(d)["id"])), "layers[1].patterns[0].id", "duplicate pattern id"),
+    ("duplicate pattern id", mutate(lambda d: d["layers"][2]["patterns"][0].update(id=p0(d)["id"])), "layers[2].patterns[0].id", "duplicate pattern id"),
     ("duplicate layer id", mutate(lambda d: d["layers"][1].update(id="L0")), "layers[1].id", "duplicate layer id"),
     ("id without phase prefix", mutate(_set([*PAT, "id"], "p14-unified-1k-c1")), "layers[0].patterns[0].id", "must start with 'p99-'"),
-    ("id differs only in case", mutate(lambda d: d["layers"][1]["patterns"][0].update(id=p0(d)["id"].replace("unified", "Unified"))),
-     "layers[1].patterns[0].id", "differs from 'p99-unified-1k-c1' (layers[0].patterns[0]) only in case"),
+    ("id differs only in case", mutate(lambda d: d["layers"][2]["patterns"][0].update(id=p0(d)["id"].replace("unified", "Unified"))),
+     "layers[2].patterns[0].id", "differs from 'p99-unified-1k-c1' (layers[0].patterns[0]) only in case"),
     ("layer id differs only in case", mutate(lambda d: d["layers"][1].update(id="l0")), "layers[1].id",
      "layer id 'l0' differs from 'L0' (layers[0]) only in case"),
     ("id with non-ascii letter", mutate(_set([*PAT, "id"], "p99-L0-\u00e9fa")), "layers[0].patterns[0].id", "does not match"),
@@ -158,6 +162,35 @@ CASES: list[tuple[str, str, str, str]] = [
     ("max_num_batched_tokens 16 caps running sequences", mutate(lambda d: p0(d).update(max_num_batched_tokens=16, concurrency=64)),
      "layers[0].patterns[0].max_num_batched_tokens", "max_num_batched_tokens 16 is below the"),
     ("not even one request fits", mutate(_set(["common_settings", "gpu_memory_utilization"], 0.6)), "layers[0].patterns[3]", "less than one request of max_model_len 4096 (vLLM will not start)"),
+    # Sweeps (issue 12): L1 is {"base": {"prompt_tokens": 4000}, "sweep": {"concurrency": [2, 4, 8, 16], "backend": [...]}}.
+    ("sweep value below the minimum", mutate(lambda d: L1(d)["sweep"]["concurrency"].append(0)), "layers[1].sweep.concurrency[4]", "0 is less than the minimum of 1"),
+    ("sweep value above the proxy's descriptors", mutate(lambda d: L1(d)["sweep"]["concurrency"].append(321)),
+     "layers[1].sweep.concurrency[4] (pattern p99-tcp-4k-c321)", "321 is above 320: the proxy holds"),
+    ("sweep repeats a value", mutate(lambda d: L1(d)["sweep"]["concurrency"].append(4)), "layers[1].sweep.concurrency[4]",
+     "duplicate value 4 (also layers[1].sweep.concurrency[1])"),
+    ("sweep of an unknown field", mutate(lambda d: L1(d)["sweep"].update(concurency=[2])), "layers[1].sweep.concurency", "unknown pattern field 'concurency'"),
+    ("sweep of no values", mutate(lambda d: L1(d)["sweep"].update(concurrency=[])), "layers[1].sweep.concurrency", "should be non-empty"),
+    ("base field of the wrong type", mutate(lambda d: L1(d)["base"].update(prompt_tokens="4k")), "layers[1].base.prompt_tokens", "expected integer, got string"),
+    ("base with an unknown field", mutate(lambda d: L1(d)["base"].update(concurency=2)), "layers[1].base.concurency", "unknown pattern field 'concurency'"),
+    ("field in base and in the sweep", mutate(lambda d: L1(d)["base"].update(concurrency=2)), "layers[1].base.concurrency", "is also swept"),
+    ("sweep sets an id", mutate(lambda d: L1(d)["sweep"].update(id=["p99-x"])), "layers[1].sweep.id", "a sweep sets no id"),
+    ("base without a sweep", mutate(lambda d: d["layers"][0].update(base={"prompt_tokens": 1000})), "layers[0]", "'sweep' is a dependency of 'base'"),
+    ("layer with neither patterns nor sweep", mutate(lambda d: L1(d).pop("sweep")), "layers[1]", "needs {patterns} or {sweep}"),
+    ("template names an unset field", mutate(lambda d: L1(d).update(id_template="p{phase}-{backend}-c{concurrency}-{max_model_len}")),
+     "layers[1].id_template", "{max_model_len} names a field that neither base nor sweep sets"),
+    ("template of another phase", mutate(lambda d: L1(d).update(id_template="p14-{backend}-{tokens}-c{concurrency}")), "layers[1].id_template",
+     "must start with 'p{phase}-' (or 'p99-')"),
+    ("template with a format spec", mutate(lambda d: L1(d).update(id_template="p{phase}-{backend}-c{concurrency:03}")), "layers[1].id_template", "does not match"),
+    ("template writes an id outside the id rule", mutate(lambda d: L1(d).update(id="L_1", id_template="p{phase}-{layer}-{backend}-{tokens}-c{concurrency}")),
+     "layers[1].id_template", "'p99-L_1-unified-4k-c2' does not match"),
+    ("sweep id collides with a written pattern",
+     mutate(lambda d: d["layers"][0]["patterns"].append({"id": "p99-tcp-4k-c8", "backend": "tcp", "prompt_tokens": 4000, "concurrency": 1})),
+     "layers[1].sweep[concurrency[2], backend[1]] (pattern p99-tcp-4k-c8)", "duplicate pattern id 'p99-tcp-4k-c8' (also layers[0].patterns[6])"),
+    ("two sweeps expand to one id", mutate(lambda d: d["layers"].append({**L1(d), "id": "L3", "sweep": {"concurrency": [16, 32], "backend": ["tcp"]}})),
+     "layers[3].sweep[concurrency[0], backend[0]] (pattern p99-tcp-4k-c16)",
+     "duplicate pattern id 'p99-tcp-4k-c16' (also layers[1].sweep[concurrency[3], backend[1]] (pattern p99-tcp-4k-c16))"),
+    ("swept memory that does not hold the weights", mutate(lambda d: L1(d)["sweep"].update(gpu_memory_utilization=[0.9, 0.55])),
+     "layers[1].sweep[concurrency[0], backend[0], gpu_memory_utilization[1]] (pattern p99-unified-4k-c2-gmu0.55)", "the weights alone do not fit"),
 ]
 IDS = [c[0] for c in CASES]
 
@@ -224,7 +257,7 @@ def assert_clean(log: str) -> None:
 
 def _two_problems(doc: dict) -> None:
     p0(doc)["concurrency"] = 0
-    doc["layers"][1]["patterns"][0]["backend"] = "rdma"
+    doc["layers"][1]["sweep"]["backend"][1] = "rdma"  # L1 is a sweep
 
 
 TWO_PROBLEMS = mutate(_two_problems)
@@ -249,7 +282,7 @@ def test_any_target_of_a_bad_plan_prints_only_the_problems(bad_project, target: 
     assert out.returncode == 1, log[-3000:]
     lines = log.splitlines()
     assert "plans/phase99.json: layers[0].patterns[0].concurrency: 0 is less than the minimum of 1" in lines, log[-3000:]
-    assert any(ln.startswith("plans/phase99.json: layers[1].patterns[0].backend: 'rdma' is not one of") for ln in lines), log[-3000:]
+    assert any(ln.startswith("plans/phase99.json: layers[1].sweep.backend[1]: 'rdma' is not one of") for ln in lines), log[-3000:]
     assert_clean(log)
     assert not (bad_project.root / "results").exists(), "a rejected plan must write nothing under results/"
 

@@ -68,7 +68,7 @@ def write_layer(proj: Project, patterns: list[str]) -> None:
     plan = proj.plan("phase14")
     plan["infrastructure"]["venv_path"] = str(Path(sys.executable).parent.parent)
     plan["common_settings"].update(warmup_iterations=2, measurement_iterations=MEASURED)
-    by_id = {p["id"]: p for layer in plan["layers"] for p in layer["patterns"]}
+    by_id = {p["id"]: p for layer in plan["layers"] for p in layer.get("patterns", [])}  # L0 ids; L1 is a sweep
     plan["layers"] = [{**plan["layers"][0], "patterns": [by_id[p] for p in patterns]}]
     proj.write_plan("phase14", plan)
 

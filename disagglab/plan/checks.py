@@ -18,6 +18,7 @@ from disagglab.errors import PlanError, Problem
 from disagglab.plan.bounds import concurrency_warnings, context_findings, pattern_paths, scheduler_findings
 from disagglab.plan.fit import fit_findings
 from disagglab.plan.model import Plan
+from disagglab.plan.sweep import relocate
 
 WARNING = "WARNING"
 
@@ -44,7 +45,8 @@ def plan_findings(plan: Plan, cfg: dict[str, Any]) -> Findings:
     fit_errors, fit_warnings = fit_findings(plan, file, paths, cfg)
     seq_errors, seq_warnings = scheduler_findings(plan, file, paths)
     warnings = [*concurrency_warnings(plan, file, paths), *ctx_warnings, *fit_warnings, *seq_warnings]
-    return Findings([*ctx_errors, *fit_errors, *seq_errors], list(dict.fromkeys(warnings)))
+    errors = relocate([*ctx_errors, *fit_errors, *seq_errors], plan.sweep_origins)  # expanded patterns: named by their sweep
+    return Findings(errors, relocate(list(dict.fromkeys(warnings)), plan.sweep_origins))
 
 
 def check_plan(plan: Plan, cfg: dict[str, Any]) -> list[Problem]:

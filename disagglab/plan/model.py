@@ -18,7 +18,7 @@ from typing import Any
 
 from disagglab.errors import PlanError, Problem
 from disagglab.paths import SCHEMA_DIR
-from disagglab.plan import strictjson
+from disagglab.plan import strictjson, sweep
 from disagglab.plan.bounds import in_flight_problems
 from disagglab.plan.jsonpath import format_path
 from disagglab.plan.schema import schema_problems, strict_validator
@@ -84,6 +84,9 @@ class Plan:
     common_settings: dict[str, Any]
     layers: tuple[Layer, ...]
     patterns: dict[str, Pattern] = field(default_factory=dict)
+    sweep_origins: dict[tuple[int, int], sweep.Origin] = field(default_factory=dict)
+    """(layer index, index in Layer.pattern_ids) -> the sweep an expanded pattern came from: checks
+    report `layers[i].patterns[j]` and `sweep.relocate` names the sweep value instead."""
 
     @property
     def phase_name(self) -> str:
@@ -104,9 +107,24 @@ class Plan:
 
 
 @lru_cache(maxsize=1)
+def _schema() -> dict[str, Any]:
+    return json.loads((SCHEMA_DIR / "plan.schema.json").read_text())
+
+
+@lru_cache(maxsize=1)
 def _validator() -> Any:
     # ECMA-262 patterns: `$` is the end of the string, so an id never ends in a newline.
-    return strict_validator(json.loads((SCHEMA_DIR / "plan.schema.json").read_text()))
+    return strict_validator(_schema())
+
+
+@lru_cache(maxsize=1)
+def _pattern_validator() -> Any:
+    """One pattern object against the schema's $defs/pattern (a sweep's expanded patterns)."""
+    return strict_validator({"$defs": _schema()["$defs"], "$ref": "#/$defs/pattern"})
+
+
+def _pattern_fields() -> set[str]:
+    return set(_schema()["$defs"]["pattern"]["properties"]) - {"id"}
 
 
 def _schema_problems(doc: Any, file: str) -> list[Problem]:
@@ -188,12 +206,34 @@ def _cross_field_problems(doc: dict[str, Any], file: str, stem: str) -> list[Pro
     return problems + topology_problems(doc, file) + in_flight_problems(doc, file)
 
 
+def checked_document(doc: Any, file: str, stem: str) -> tuple[Any, dict[tuple[int, int], sweep.Origin], list[Problem]]:
+    """(the document with its sweeps expanded, the origin of each expanded pattern, every problem)."""
+    problems = _schema_problems(doc, file)
+    if problems:  # still list the problems of the sweeps whose layers are well-formed
+        return doc, {}, problems + _sweep_problems_beside(doc, file, problems)
+    expanded, origins, problems = sweep.expand(doc, file, _pattern_validator(), _pattern_fields())
+    if problems:
+        return expanded, origins, problems
+    return expanded, origins, sweep.relocate(_cross_field_problems(expanded, file, stem), origins)
+
+
+def _sweep_problems_beside(doc: Any, file: str, schema: list[Problem]) -> list[Problem]:
+    """The sweep problems of the layers the schema found nothing wrong in (so a file's whole list is shown)."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("layers"), list) or not isinstance(doc.get("phase"), int):
+        return []
+    bad = {int(m[1]) for p in schema if (m := re.match(r"layers\[(\d+)\]", p.path))}
+    if any(not p.path.startswith("layers[") for p in schema if p.path.startswith("layers")):
+        return []  # the layers list itself is wrong
+    layers = [layer for i, layer in enumerate(doc["layers"]) if i not in bad and "sweep" in layer]
+    if not layers:
+        return []
+    clean = {"phase": doc["phase"], "layers": [lay if i not in bad else {"id": "", "patterns": []} for i, lay in enumerate(doc["layers"])]}
+    return sweep.expand(clean, file, _pattern_validator(), _pattern_fields())[2]
+
+
 def validate_document(doc: Any, file: str, stem: str) -> list[Problem]:
     """Every problem of a parsed plan document; empty when it is valid."""
-    problems = _schema_problems(doc, file)
-    if problems:
-        return problems
-    return _cross_field_problems(doc, file, stem)
+    return checked_document(doc, file, stem)[2]
 
 
 def effective_spec(doc: dict[str, Any], pattern: dict[str, Any]) -> dict[str, Any]:
@@ -252,7 +292,7 @@ def load_plan(path: str | Path) -> Plan:
     except UnicodeDecodeError as exc:
         raise PlanError([Problem(file, "", f"not UTF-8 text: {exc}")]) from None
     doc = strictjson.loads(text, file, PlanError)  # no duplicate keys, no NaN/Infinity; a BOM is fine
-    problems = validate_document(doc, file, path.stem)
+    doc, origins, problems = checked_document(doc, file, path.stem)  # sweeps become ordinary patterns here
     if problems:
         raise PlanError(problems)
     layers = []
@@ -273,4 +313,5 @@ def load_plan(path: str | Path) -> Plan:
         common_settings=dict(doc["common_settings"]),
         layers=tuple(layers),
         patterns=patterns,
+        sweep_origins=origins,
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -96,31 +97,38 @@ def _one_of_reason(err: Any) -> str:
     return f"needs {options} (has {', '.join(sorted(inst)) or 'nothing'})"
 
 
-def schema_problems(validator: Any, doc: Any, file: str) -> list[Problem]:
-    """Every schema violation of `doc`, each as file + JSON path + a reason that says what to fix."""
+def schema_problems(validator: Any, doc: Any, file: str, where: Callable[[list[str | int]], str] = format_path) -> list[Problem]:
+    """Every schema violation of `doc`, each as file + JSON path + a reason that says what to fix.
+
+    `where` names a location (a JSON path as a list); plan/sweep.py passes one that names the
+    sweep value an expanded pattern came from.
+    """
     problems = []
     for err in sorted(validator.iter_errors(doc), key=lambda e: (list(map(str, e.absolute_path)), e.message)):
         path = list(err.absolute_path)
         if err.validator == "additionalProperties" and isinstance(err.instance, dict):
             allowed = set(err.schema.get("properties", {}))
             for key in sorted(k for k in err.instance if k not in allowed):
-                problems.append(Problem(file, format_path([*path, key]), f"unknown key {key!r} (allowed: {', '.join(sorted(allowed))})"))
+                problems.append(Problem(file, where([*path, key]), f"unknown key {key!r} (allowed: {', '.join(sorted(allowed))})"))
             continue
         if err.validator == "required":
             missing = re.findall(r"'([^']+)' is a required property", err.message)
-            problems.append(Problem(file, format_path([*path, missing[0] if missing else "?"]), "required key is missing"))
+            problems.append(Problem(file, where([*path, missing[0] if missing else "?"]), "required key is missing"))
             continue
         if err.validator == "type":
-            problems.append(Problem(file, format_path(path), f"expected {err.validator_value}, got {json_type(err.instance)} {json.dumps(err.instance)[:60]}"))
+            problems.append(Problem(file, where(path), f"expected {err.validator_value}, got {json_type(err.instance)} {json.dumps(err.instance)[:60]}"))
             continue
         if err.validator == "const":
-            problems.append(Problem(file, format_path(path), _described(err, f"must be {err.validator_value!r}, got {err.instance!r}")))
+            problems.append(Problem(file, where(path), _described(err, f"must be {err.validator_value!r}, got {err.instance!r}")))
             continue
         if err.validator in ("pattern", "maximum"):  # a maximum says why in its description
-            problems.append(Problem(file, format_path(path), _described(err, err.message)))
+            problems.append(Problem(file, where(path), _described(err, err.message)))
             continue
-        if err.validator == "oneOf":
-            problems.append(Problem(file, format_path(path), _one_of_reason(err)))
+        if err.validator == "not" and isinstance(err.schema, dict) and "description" in err.schema:
+            problems.append(Problem(file, where(path), err.schema["description"]))
             continue
-        problems.append(Problem(file, format_path(path), err.message))
+        if err.validator in ("oneOf", "anyOf"):
+            problems.append(Problem(file, where(path), _one_of_reason(err)))
+            continue
+        problems.append(Problem(file, where(path), err.message))
     return problems
