@@ -27,7 +27,7 @@ CONFIGS = {"config.yaml": ["config/config.yaml"], "config.yaml+aws.yaml": ["conf
 BASE = json.loads((ROOT / "plans" / "phase14.json").read_text())
 BASE["phase"] = 99
 for _layer in BASE["layers"]:
-    for _pat in _layer["patterns"]:
+    for _pat in _layer.get("patterns", []):  # L1 is a sweep: its id_template writes p{phase}-
         _pat["id"] = _pat["id"].replace("p14-", "p99-")
 UNIFIED = ["layers", 0, "patterns", 0]  # p99-unified-1k-c1
 TCP = ["layers", 0, "patterns", 1]  # p99-tcp-1k-c1
