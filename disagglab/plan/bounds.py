@@ -34,7 +34,7 @@ from __future__ import annotations
 from typing import Any
 
 from disagglab.errors import Problem
-from disagglab.plan.jsonpath import format_path
+from disagglab.plan.jsonpath import format_path, written_patterns
 
 FD_SOFT_LIMIT = 1024
 FD_RESERVED = 64
@@ -65,16 +65,14 @@ def in_flight_problems(doc: dict[str, Any], file: str) -> list[Problem]:
     problems: list[Problem] = []
     common = doc["common_settings"]
     iterations = common["measurement_iterations"]
-    for li, layer in enumerate(doc["layers"]):
-        for pi, pat in enumerate(layer["patterns"]):
-            here: list[str | int] = ["layers", li, "patterns", pi]
-            limit = max_in_flight(pat["backend"])
-            if pat.get("measurement_type", common["measurement_type"]) == "offline":
-                if iterations > limit:
-                    problems.append(Problem(file, format_path([*here, "measurement_type"]),
-                                            f"offline sends all {iterations} measured requests at once (common_settings.measurement_iterations); {_why(pat['backend'])}"))
-            if pat["concurrency"] > limit:
-                problems.append(Problem(file, format_path([*here, "concurrency"]), f"{pat['concurrency']} is above {limit}: {_why(pat['backend'])}"))
+    for here, pat in written_patterns(doc):
+        limit = max_in_flight(pat["backend"])
+        if pat.get("measurement_type", common["measurement_type"]) == "offline":
+            if iterations > limit:
+                problems.append(Problem(file, format_path([*here, "measurement_type"]),
+                                        f"offline sends all {iterations} measured requests at once (common_settings.measurement_iterations); {_why(pat['backend'])}"))
+        if pat["concurrency"] > limit:
+            problems.append(Problem(file, format_path([*here, "concurrency"]), f"{pat['concurrency']} is above {limit}: {_why(pat['backend'])}"))
     return problems
 
 

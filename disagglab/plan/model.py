@@ -20,7 +20,7 @@ from disagglab.errors import PlanError, Problem
 from disagglab.paths import SCHEMA_DIR
 from disagglab.plan import strictjson, sweep
 from disagglab.plan.bounds import in_flight_problems
-from disagglab.plan.jsonpath import format_path
+from disagglab.plan.jsonpath import format_path, written_patterns
 from disagglab.plan.schema import schema_problems, strict_validator
 from disagglab.plan.topology import plan_topology, topology_problems
 
@@ -184,23 +184,21 @@ def _cross_field_problems(doc: dict[str, Any], file: str, stem: str) -> list[Pro
     prefix = f"p{phase}-"
     any_disagg = False
     common = doc["common_settings"]
-    for li, layer in enumerate(doc["layers"]):
-        for pi, pat in enumerate(layer["patterns"]):
-            here: list[str | int] = ["layers", li, "patterns", pi]
-            pid = pat["id"]
-            if not pid.startswith(prefix):
-                add([*here, "id"], f"pattern id {pid!r} must start with {prefix!r}")
-            if pat["backend"] in DISAGGREGATED:
-                any_disagg = True
-            rate = pat.get("request_rate", common.get("request_rate"))
-            mtype = pat.get("measurement_type", common["measurement_type"])
-            if rate is not None and mtype != "online":
-                add([*here, "request_rate"], f"an open loop at a request rate needs measurement_type 'online' (this pattern is {mtype!r})")
-            if "burstiness" in pat and rate is None:
-                add([*here, "burstiness"], "burstiness applies only with a request_rate (open loop)")
-            need = pat["prompt_tokens"] + common["max_tokens"]
-            if "max_model_len" in pat and pat["max_model_len"] < need:
-                add([*here, "max_model_len"], f"{pat['max_model_len']} is less than prompt_tokens + max_tokens = {need}")
+    for here, pat in written_patterns(doc):
+        pid = pat["id"]
+        if not pid.startswith(prefix):
+            add([*here, "id"], f"pattern id {pid!r} must start with {prefix!r}")
+        if pat["backend"] in DISAGGREGATED:
+            any_disagg = True
+        rate = pat.get("request_rate", common.get("request_rate"))
+        mtype = pat.get("measurement_type", common["measurement_type"])
+        if rate is not None and mtype != "online":
+            add([*here, "request_rate"], f"an open loop at a request rate needs measurement_type 'online' (this pattern is {mtype!r})")
+        if "burstiness" in pat and rate is None:
+            add([*here, "burstiness"], "burstiness applies only with a request_rate (open loop)")
+        need = pat["prompt_tokens"] + common["max_tokens"]
+        if "max_model_len" in pat and pat["max_model_len"] < need:
+            add([*here, "max_model_len"], f"{pat['max_model_len']} is less than prompt_tokens + max_tokens = {need}")
     if any_disagg and infra["node_count"] < 2:
         add(["infrastructure", "node_count"], f"node_count {infra['node_count']} < 2 but the plan has tcp/efa patterns (prefill and decode need two nodes)")
     return problems + topology_problems(doc, file) + in_flight_problems(doc, file)

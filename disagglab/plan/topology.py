@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from disagglab.errors import Problem
-from disagglab.plan.jsonpath import format_path
+from disagglab.plan.jsonpath import format_path, written_patterns
 
 PLAN_KEYS = {"prefill": "producer", "decode": "consumer", "unified": "unified"}
 """The plan's name of a role -> the task role it configures."""
@@ -107,27 +107,25 @@ def topology_problems(doc: dict[str, Any], file: str) -> list[Problem]:
     problems: list[Problem] = []
     infra = doc["infrastructure"]
     gpus = infra["gpu_count_per_node"]
-    for li, layer in enumerate(doc["layers"]):
-        for pi, pat in enumerate(layer["patterns"]):
-            here: list[str | int] = ["layers", li, "patterns", pi]
-            for key, role in PLAN_KEYS.items():
-                if key not in pat:
-                    continue
-                where = format_path([*here, key])
-                unified = pat["backend"] == "unified"
-                if unified != (key == "unified"):
-                    fits = "'unified'" if unified else "'prefill' and 'decode'"
-                    problems.append(Problem(file, where, f"{key!r} does not apply to a {pat['backend']} pattern (it takes {fits})"))
-                    continue
-                n = pat[key]["instances"]
-                tp = pat[key].get("tp_size", infra["tp_size"])
-                node = ROLE_NODE[role]
-                if n * tp > gpus:
-                    problems.append(Problem(file, where, (
-                        f"{n} instances x tp_size {tp} = {n * tp} GPUs on {node}, but gpu_count_per_node is {gpus} "
-                        f"({key} servers all run on {node}; prefill and decode do not share a node, and a role is not spread over both)")))
-                if unified and n > 1:
-                    problems.append(Problem(file, format_path([*here, key, "instances"]), (
-                        f"{n} unified replicas need a round-robin proxy in front of them; the proxy routes prefill/decode "
-                        "pairs only, so a unified pattern runs 1 instance (its tp_size may differ)")))
+    for here, pat in written_patterns(doc):
+        for key, role in PLAN_KEYS.items():
+            if key not in pat:
+                continue
+            where = format_path([*here, key])
+            unified = pat["backend"] == "unified"
+            if unified != (key == "unified"):
+                fits = "'unified'" if unified else "'prefill' and 'decode'"
+                problems.append(Problem(file, where, f"{key!r} does not apply to a {pat['backend']} pattern (it takes {fits})"))
+                continue
+            n = pat[key]["instances"]
+            tp = pat[key].get("tp_size", infra["tp_size"])
+            node = ROLE_NODE[role]
+            if n * tp > gpus:
+                problems.append(Problem(file, where, (
+                    f"{n} instances x tp_size {tp} = {n * tp} GPUs on {node}, but gpu_count_per_node is {gpus} "
+                    f"({key} servers all run on {node}; prefill and decode do not share a node, and a role is not spread over both)")))
+            if unified and n > 1:
+                problems.append(Problem(file, format_path([*here, key, "instances"]), (
+                    f"{n} unified replicas need a round-robin proxy in front of them; the proxy routes prefill/decode "
+                    "pairs only, so a unified pattern runs 1 instance (its tp_size may differ)")))
     return problems
