@@ -51,8 +51,11 @@ PD_PROFILE = {
     "kv_bytes_per_token": 10000,
     "bandwidth_gbps": {"tcp": 1.0, "efa": 0.8},
     "transfer_overhead_ms": {"tcp": 5.0, "efa": 50.0},
-    "kv_lease_s": 0.6,
+    # Far longer than any test takes between a prefill and its decode, however loaded the
+    # machine: a lease running out mid-test would be a flake. The expiry test uses its own.
+    "kv_lease_s": 120.0,
 }
+SHORT_LEASE_S = 0.6
 
 
 def free_port() -> int:
@@ -729,19 +732,26 @@ def test_request_without_params_counts_no_transfer(pd: dict[str, Sim]) -> None:
     assert metric(after, local, source="local_compute") - metric(before, local, source="local_compute") == 50
 
 
-def test_unread_kv_expires_on_producer(pd: dict[str, Sim]) -> None:
-    p, d = pd["P"], pd["D"]
-    prompt = list(range(7000, 7032))
-    expired0 = metric(metrics(p), "vllm:nixl_num_kv_expired_reqs_total")
-    params = prefill_on_p(p, prompt)["kv_transfer_params"]
-    time.sleep(PD_PROFILE["kv_lease_s"] + 0.5)  # lease is wall-clock, not scaled
-    with client() as http:
-        response = http.post(d.url + "/v1/completions", json=decode_body(prompt, params))
-    assert response.status_code == 500
-    assert "expired" in response.json()["error"]["message"]
-    text = metrics(p)
-    assert metric(text, "vllm:nixl_num_kv_expired_reqs_total") == expired0 + 1
-    assert metric(text, "vllm:nixl_num_notifications_after_expiry_total") >= 1
+def test_unread_kv_expires_on_producer(pd: dict[str, Sim], workdir: Path) -> None:
+    d = pd["D"]
+    kv_p = {"kv_connector": "NixlConnector", "kv_role": "kv_producer"}
+    p = spawn(workdir, "producer-short-lease", {**PD_PROFILE, "kv_lease_s": SHORT_LEASE_S},
+              ["--kv-transfer-config", json.dumps(kv_p)], side_port=free_port())
+    try:
+        wait_ready(p)
+        prompt = list(range(7000, 7032))
+        expired0 = metric(metrics(p), "vllm:nixl_num_kv_expired_reqs_total")
+        params = prefill_on_p(p, prompt)["kv_transfer_params"]
+        time.sleep(SHORT_LEASE_S + 0.5)  # lease is wall-clock, not scaled; waiting longer cannot pass by chance
+        with client() as http:
+            response = http.post(d.url + "/v1/completions", json=decode_body(prompt, params))
+        assert response.status_code == 500
+        assert "expired" in response.json()["error"]["message"]
+        text = metrics(p)
+        assert metric(text, "vllm:nixl_num_kv_expired_reqs_total") == expired0 + 1
+        assert metric(text, "vllm:nixl_num_notifications_after_expiry_total") >= 1
+    finally:
+        stop(p)
 
 
 # --------------------------------------------------------------------------- process behaviour
