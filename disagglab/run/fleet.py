@@ -1,6 +1,6 @@
 """Which nodes a pattern runs on and the run-time values bound into its task definitions.
 
-Local: node1 and node2 are 127.0.0.1 with fresh free ports per pattern. SSM: a pool of EC2
+Local: node1 and node2 are 127.0.0.1 with fresh free ports per trial, reserved host-wide (local_ports). SSM: a pool of EC2
 node pairs; a pattern leases one pair for its whole run (an flock on the control host, so
 a crashed job never holds a lease), and the servers use the configured fixed ports.
 """
@@ -22,6 +22,7 @@ from disagglab import procs
 from disagglab.deploy.storage import Storage, open_storage
 from disagglab.plan import local_vllm
 from disagglab.plan.topology import fixed_ports, instance_port_names
+from disagglab.run.local_ports import reserved_ports
 from disagglab.run.transport import LocalTransport, Node, Transport
 
 BASE_PORT_NAMES = (
@@ -131,8 +132,8 @@ class Fleet:
     def lease_pair(self, wait_s: float = 3600) -> Iterator[NodePair]:
         if self.cfg["executor"] == "local":
             host = self.cfg["local"]["host"]
-            ports = dict(zip(PORT_NAMES, free_ports(host, len(PORT_NAMES)), strict=True))
-            yield NodePair(Node("node1", host), Node("node2", host), ports)
+            with reserved_ports(host, len(PORT_NAMES)) as ports:
+                yield NodePair(Node("node1", host), Node("node2", host), dict(zip(PORT_NAMES, ports, strict=True)))
             return
         LEASE_DIR.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + wait_s
