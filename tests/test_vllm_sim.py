@@ -56,6 +56,7 @@ PD_PROFILE = {
     "kv_lease_s": 120.0,
 }
 SHORT_LEASE_S = 0.6
+PRODUCER_FLAGS = ["--kv-transfer-config", json.dumps({"kv_connector": "NixlConnector", "kv_role": "kv_producer"})]
 
 
 def free_port() -> int:
@@ -231,7 +232,6 @@ def plain(workdir: Path) -> Iterator[Sim]:
 @pytest.fixture(scope="module")
 def pd(workdir: Path) -> Iterator[dict[str, Sim]]:
     """One producer and two consumers (policies fail / recompute), started together."""
-    kv_p = {"kv_connector": "NixlConnector", "kv_role": "kv_producer"}
     kv_d = {
         "kv_connector": "NixlConnector",
         "kv_role": "kv_consumer",
@@ -243,7 +243,7 @@ def pd(workdir: Path) -> Iterator[dict[str, Sim]]:
             workdir,
             "producer",
             PD_PROFILE,
-            ["--kv-transfer-config", json.dumps(kv_p)],
+            PRODUCER_FLAGS,
             side_port=free_port(),
         )
         sims["D"] = spawn(
@@ -734,9 +734,7 @@ def test_request_without_params_counts_no_transfer(pd: dict[str, Sim]) -> None:
 
 def test_unread_kv_expires_on_producer(pd: dict[str, Sim], workdir: Path) -> None:
     d = pd["D"]
-    kv_p = {"kv_connector": "NixlConnector", "kv_role": "kv_producer"}
-    p = spawn(workdir, "producer-short-lease", {**PD_PROFILE, "kv_lease_s": SHORT_LEASE_S},
-              ["--kv-transfer-config", json.dumps(kv_p)], side_port=free_port())
+    p = spawn(workdir, "producer-short-lease", {**PD_PROFILE, "kv_lease_s": SHORT_LEASE_S}, PRODUCER_FLAGS, side_port=free_port())
     try:
         wait_ready(p)
         prompt = list(range(7000, 7032))
