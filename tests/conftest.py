@@ -88,6 +88,36 @@ def project(tmp_path: Path) -> Project:
     return make_project(tmp_path / "proj")
 
 
+FINISHED_TARGET = "results/phase14/L0.done"
+
+
+def copy_state(src: Path, dest: Project) -> None:
+    """A finished phase moved to another folder: its results/ and Snakemake's metadata."""
+    for item in ("results", ".snakemake"):
+        shutil.copytree(src / item, dest.root / item, symlinks=True, ignore=shutil.ignore_patterns("locks", "incomplete"))
+
+
+@pytest.fixture(scope="session")
+def finished_l0(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """phase14 L0 run to the end once per session (once per xdist worker).
+
+    Building it costs ~40 s of CPU, and a dozen modules need one; they take a copy
+    (`finished_copy`) and never touch this one, so each still owns its folders and ports.
+    """
+    proj = make_project(tmp_path_factory.mktemp("finished-l0") / "proj")
+    out = proj.snakemake(FINISHED_TARGET)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    assert alive_groups(ledger_entries(proj.root)) == []
+    return proj
+
+
+def finished_copy(finished: Project, dest: Path) -> Project:
+    """A fresh project copy holding the finished phase14 L0 (a moved phase is as finished: issue 15)."""
+    proj = make_project(dest)
+    copy_state(finished.root, proj)
+    return proj
+
+
 def ledger_entries(root: Path) -> list[dict]:
     """Every process the node runners recorded, across all local nodes and patterns."""
     entries = []

@@ -7,14 +7,13 @@ after a node-file edit (accepted), and from the pipeline of the commit before th
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SNAKEMAKE, TEST_TIME_SCALE, Project, make_project, parse_dry_run
+from conftest import FINISHED_TARGET, ROOT, SNAKEMAKE, TEST_TIME_SCALE, Project, copy_state, make_project, parse_dry_run
 
 PHASE = "phase14"
 TARGET = f"results/{PHASE}/L0.done"
@@ -26,12 +25,6 @@ NOTHING = "Nothing to be done"
 def run_accept(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "disagglab", "accept", PHASE, *args], cwd=project.root, capture_output=True,
                           text=True, timeout=600, check=False)
-
-
-def copy_state(src: Path, dest: Project) -> None:
-    """A finished phase moved to another folder: its results/ and Snakemake's metadata."""
-    for item in ("results", ".snakemake"):
-        shutil.copytree(src / item, dest.root / item, symlinks=True, ignore=shutil.ignore_patterns("locks", "incomplete"))
 
 
 def l0_patterns(project: Project) -> list[str]:
@@ -76,12 +69,11 @@ def assert_accepted(after: dict[str, dict], before: dict[str, dict], shas: tuple
         assert entry["git_revision"] == revision and entry["by"] == "disagglab accept"
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory) -> Project:
-    project = make_project(tmp_path_factory.mktemp("accept") / "finished")
-    out = project.snakemake(TARGET)
-    assert out.returncode == 0, out.stdout + out.stderr
-    return project
+@pytest.fixture
+def finished(finished_l0: Project) -> Project:
+    """The session's finished phase14 L0: only read here, every test copies its state."""
+    assert TARGET == FINISHED_TARGET
+    return finished_l0
 
 
 def test_moved_phase_is_not_remeasured(finished: Project, tmp_path: Path) -> None:

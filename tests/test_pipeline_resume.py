@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Project, alive_groups, ledger_entries, make_project
+from conftest import FINISHED_TARGET, Project, alive_groups, finished_copy, ledger_entries, make_project
 
 L0 = ["p14-unified-1k-c1", "p14-tcp-1k-c1", "p14-efa-1k-c1", "p14-unified-4k-c1", "p14-tcp-4k-c1", "p14-efa-4k-c1"]
 VLLM_KEYS = ["completed", "failed", "duration", "request_throughput", "output_throughput", "total_token_throughput"]
@@ -20,10 +20,9 @@ TARGET = "results/phase14/L0.done"
 
 
 @pytest.fixture(scope="module")
-def proj(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
-    p = make_project(tmp_path_factory.mktemp("resume") / "proj")
-    out = p.snakemake(TARGET)
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+def proj(tmp_path_factory: pytest.TempPathFactory, finished_l0: Project) -> Iterator[Project]:
+    assert TARGET == FINISHED_TARGET
+    p = finished_copy(finished_l0, tmp_path_factory.mktemp("resume") / "proj")
     yield p
     assert alive_groups(ledger_entries(p.root)) == []
 

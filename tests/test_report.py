@@ -1,7 +1,7 @@
 """summary.csv and the phase report, from real results of a real pipeline run.
 
-One project copy runs layer L0 of phase14 through Snakemake and one extra pattern that the
-stand-in makes fail; every expected number below is read back from the result files that
+A copy of the session's finished phase14 L0 (a real Snakemake run) runs one extra pattern
+that the stand-in makes fail; every expected number below is read back from the result files that
 run wrote, never typed in.
 """
 
@@ -23,7 +23,7 @@ import pytest
 from disagglab.plan.model import Plan, load_plan
 from disagglab.report.document import PLOT_NAMES, SIM_BANNER, write_report, write_summary
 
-from conftest import Project, alive_groups, ledger_entries, make_project
+from conftest import Project, alive_groups, finished_copy, ledger_entries
 
 PHASE = "phase14"
 FAILING = "p14-tcp-4k-c2"
@@ -43,10 +43,8 @@ class Built:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
-    proj = make_project(tmp_path_factory.mktemp("report") / "proj")
-    out = proj.snakemake(f"results/{PHASE}/L0.done")
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+def built(tmp_path_factory: pytest.TempPathFactory, finished_l0: Project) -> Iterator[Built]:
+    proj = finished_copy(finished_l0, tmp_path_factory.mktemp("report") / "proj")
     out = proj.snakemake(f"results/{PHASE}/runs/{FAILING}.json", env={"DISAGGLAB_FAULTS": json.dumps({FAILING: {"consumer": "crash_after=5"}})})
     assert out.returncode != 0, "the injected fault must fail the pattern"
     assert (proj.root / f"results/{PHASE}/failures/{FAILING}.json").exists()

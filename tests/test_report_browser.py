@@ -11,18 +11,14 @@ import pytest
 
 from disagglab.plan.model import load_plan
 
-from conftest import ROOT, Project, make_project
+from conftest import ROOT, Project, finished_copy
 
 ARTIFACTS = ROOT / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Project:
-    p = make_project(tmp_path_factory.mktemp("report") / "proj")
-    doc = p.plan("phase14")
-    doc["layers"][0]["patterns"] = doc["layers"][0]["patterns"][:4]  # unified/tcp/efa 1k + unified 4k
-    p.write_plan("phase14", doc)
-    assert p.snakemake("results/phase14/L0.done").returncode == 0
+def built(tmp_path_factory: pytest.TempPathFactory, finished_l0: Project) -> Project:
+    p = finished_copy(finished_l0, tmp_path_factory.mktemp("report") / "proj")
     out = p.snakemake("results/phase14/report.html")
     assert out.returncode == 0, out.stderr[-3000:]
     return p
@@ -58,7 +54,7 @@ def test_report_in_headless_chromium(built: Project) -> None:
         body = driver.find_element(By.TAG_NAME, "body").text
         assert "SIMULATED (vLLM stand-in, not real GPU measurements)" in body
         every = list(load_plan(built.root / "plans/phase14.json").patterns)  # L1 is a sweep: its ids are expanded
-        assert len(every) == 4 + 12 + 12  # the trimmed L0, L1, L2
+        assert len(every) == 6 + 12 + 12  # L0, L1, L2
         assert [pid for pid in every if pid not in body] == []  # patterns without a result are named too
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == [], errors
@@ -72,9 +68,9 @@ def test_report_in_headless_chromium(built: Project) -> None:
 def test_report_twice_keeps_one_mlflow_run_per_pattern(built: Project) -> None:
     db = built.root / "results/mlflow.db"
     first = mlflow_runs(db)
-    assert [name for name, _ in first] == ["p14-efa-1k-c1", "p14-tcp-1k-c1", "p14-unified-1k-c1", "p14-unified-4k-c1"]
+    assert [name for name, _ in first] == sorted(f"p14-{b}-{t}-c1" for b in ("unified", "tcp", "efa") for t in ("1k", "4k"))
     assert {status for _, status in first} == {"current"}
     again = built.snakemake("results/phase14/report.html", "--forcerun", "report", "track_phase")
     assert again.returncode == 0, again.stderr[-3000:]
     assert mlflow_runs(db) == first
-    assert "0 created, 4 unchanged" in (built.root / "results/phase14/logs/mlflow.log").read_text()
+    assert "0 created, 6 unchanged" in (built.root / "results/phase14/logs/mlflow.log").read_text()

@@ -1,7 +1,7 @@
 """MLflow tracking on a real sqlite store, fed by real results of a real Snakemake run.
 
-The pipeline runs once (three phase14 patterns with the fast stand-in); each test logs a
-private copy of its results into its own store, so tests can rewrite results freely.
+The session's finished phase14 L0 (fast stand-in) is the source; each test logs a private
+copy of three of its results into its own store, so tests can rewrite results freely.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from disagglab.hashing import sha256_file
 from disagglab.plan.model import Plan, load_plan
 from disagglab.report import tracking
 
-from conftest import ROOT, Project, make_project
+from conftest import ROOT, Project
 
 PATTERNS = ["p14-unified-1k-c1", "p14-tcp-1k-c1", "p14-efa-1k-c1"]
 EXPERIMENT = "disagglab-phase14"
@@ -28,12 +28,10 @@ TIMINGS = [f"{stat}_{m}_ms" for m in ("ttft", "tpot", "itl", "e2el") for stat in
 VLLM_METRICS = ["completed", "failed", "duration", "request_throughput", "output_throughput", "total_token_throughput"]
 
 
-@pytest.fixture(scope="module")
-def proj(tmp_path_factory: pytest.TempPathFactory) -> Project:
-    p = make_project(tmp_path_factory.mktemp("tracking") / "proj")
-    out = p.snakemake(*(f"results/phase14/runs/{pid}.json" for pid in PATTERNS))
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
-    return p
+@pytest.fixture
+def proj(finished_l0: Project) -> Project:
+    """The session's finished phase14 L0: only read here (tests log private copies)."""
+    return finished_l0
 
 
 @pytest.fixture
@@ -47,6 +45,9 @@ def results(proj: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> P
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     dest = tmp_path / "results"
     shutil.copytree(proj.root / "results" / "phase14", dest / "phase14")
+    for run in (dest / "phase14" / "runs").glob("*.json"):
+        if run.stem not in PATTERNS:  # the rest of L0 stands for patterns without a result
+            run.unlink()
     return dest
 
 
