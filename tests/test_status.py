@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
+from pathlib import Path
 
-from conftest import Project
+from conftest import Project, finished_copy
 
 
 def states(project: Project) -> dict[str, dict]:
@@ -14,9 +16,18 @@ def states(project: Project) -> dict[str, dict]:
     return {p["pattern_id"]: p for p in doc["patterns"]}
 
 
-def test_status_reports_every_state_with_reasons(project: Project) -> None:
-    for pid in ("p14-unified-1k-c1", "p14-tcp-1k-c1", "p14-efa-4k-c1"):
-        assert project.snakemake(f"results/phase14/runs/{pid}.json").returncode == 0
+def forget(project: Project, pid: str) -> None:
+    """The pattern never ran: no result, no trial, no deploy marker."""
+    results = project.root / "results" / "phase14"
+    for path in (results / "runs" / f"{pid}.json", results / "deploy" / f"{pid}.json"):
+        path.unlink()
+    shutil.rmtree(results / "trials" / pid)
+
+
+def test_status_reports_every_state_with_reasons(finished_l0: Project, tmp_path: Path) -> None:
+    project = finished_copy(finished_l0, tmp_path / "proj")
+    for pid in ("p14-unified-4k-c1", "p14-tcp-4k-c1", "p14-efa-1k-c1"):
+        forget(project, pid)
     crashed = project.snakemake("results/phase14/runs/p14-efa-1k-c1.json", env={"DISAGGLAB_FAULTS": '{"p14-efa-1k-c1": {"consumer": "crash_after=3"}}'})
     assert crashed.returncode != 0
     doc = project.plan("phase14")
