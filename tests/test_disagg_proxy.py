@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
+from ports import free_port
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "disagg_proxy_server.py"
 LISTENING = re.compile(r"proxy listening on http://127\.0\.0\.1:(\d+)$")
@@ -225,10 +226,8 @@ def silent_port():
 
 
 def closed_port() -> int:
-    """A port nothing listens on (connection refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nothing listens on (connection refused), claimed so that no parallel test binds it."""
+    return free_port()
 
 
 # --------------------------------------------------------------------------- proxy process

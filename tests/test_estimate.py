@@ -80,6 +80,7 @@ def test_fits_recover_the_per_request_overhead() -> None:
 
 
 # ------------------------------------------------------------------------------ end to end
+@pytest.mark.serial
 def test_estimate_predicts_a_real_run_and_follows_results_and_prices(tmp_path: Path) -> None:
     project = make_project(tmp_path / "proj")
     before = project.cli("estimate", "phase15")

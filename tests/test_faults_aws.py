@@ -106,9 +106,9 @@ class SsmLab:
                 ONLINE[iid] = "Online"
         pairs = "".join(f"    - node1: {{instance_id: {a}, address: 127.0.0.1}}\n      node2: {{instance_id: {b}, address: 127.0.0.1}}\n"
                         for a, b in self.ids)
-        from disagglab.run.fleet import free_ports
+        from ports import free_ports
 
-        ports = free_ports("127.0.0.1", 5)
+        ports = free_ports(5)
         edit_config(
             self.proj, NO_PREFLIGHT,
             ("executor: local\n", "executor: ssm\n"), ("storage: local\n", "storage: s3\n"),

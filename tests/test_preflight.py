@@ -20,12 +20,12 @@ from disagglab.plan.config import load_config_file
 from disagglab.plan.model import load_plan
 from disagglab.report.rows import pattern_row
 from disagglab.run import preflight
-from disagglab.run.fleet import free_ports
 
 from conftest import ROOT, Project, alive_groups, ledger_entries, make_project
 
 sys.path.insert(0, str(ROOT / "remote"))
 import nixl_preflight  # noqa: E402 - the node-side module, loaded from remote/ as the runner does
+from ports import free_ports
 
 RUNNER = ROOT / "remote" / "task_runner.py"
 DATA = Path(__file__).parent / "data"
@@ -142,7 +142,7 @@ def preflight_args(node: Path, role: str, port: int) -> list[str]:
 
 
 def test_target_and_initiator_move_verified_data_over_ucx_tcp_on_loopback(tmp_path: Path) -> None:
-    (port,) = free_ports("127.0.0.1", 1)
+    (port,) = free_ports(1)
     node1, node2 = tmp_path / "node1", tmp_path / "node2"
     code, target = runner(sys.executable, *preflight_args(node1, "target", port))
     try:
@@ -165,7 +165,7 @@ def test_target_and_initiator_move_verified_data_over_ucx_tcp_on_loopback(tmp_pa
 
 
 def test_an_unreachable_target_fails_the_initiator_and_stop_ends_the_waiting_target(tmp_path: Path) -> None:
-    port, wrong = free_ports("127.0.0.1", 2)
+    port, wrong = free_ports(2)
     node1, node2 = tmp_path / "node1", tmp_path / "node2"
     code, target = runner(sys.executable, *preflight_args(node1, "target", port))
     try:
@@ -183,7 +183,7 @@ def test_an_unreachable_target_fails_the_initiator_and_stop_ends_the_waiting_tar
 def test_a_python_without_nixl_fails_with_how_to_install_it(tmp_path: Path) -> None:
     bare = tmp_path / "bare"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=60)
-    (port,) = free_ports("127.0.0.1", 1)
+    (port,) = free_ports(1)
     code, rep = runner(str(bare / "bin/python"), *preflight_args(tmp_path / "node1", "target", port))
     assert code == 1 and rep["step"] == "preflight"
     assert f"nixl is not importable by {bare}/bin/python" in rep["cause"] and "pip install --no-deps nixl-cu12==1.5.1 nixl==1.5.2" in rep["cause"]

@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 import httpx
 import pytest
+from ports import free_port
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "vllm_sim.py"
 HOST = "127.0.0.1"
@@ -57,13 +58,6 @@ PD_PROFILE = {
 }
 SHORT_LEASE_S = 0.6
 PRODUCER_FLAGS = ["--kv-transfer-config", json.dumps({"kv_connector": "NixlConnector", "kv_role": "kv_producer"})]
-
-
-def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1 (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -11,7 +11,6 @@ import contextlib
 import fcntl
 import json
 import os
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -97,21 +96,6 @@ class NodePair:
             "bind_host": node.address,
             **{k: str(v) for k, v in self.ports.items()},
         }
-
-
-def free_ports(host: str, count: int) -> list[int]:
-    """Ports the kernel says are free right now, all distinct (held open together, then released)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            with contextlib.suppress(OSError):
-                s.close()
 
 
 @dataclass
