@@ -39,6 +39,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--decoder-hosts", "--decoder-host", nargs="+", default=["localhost"])
     parser.add_argument("--decoder-ports", "--decoder-port", nargs="+", type=int, default=[8200])
     parser.add_argument(
+        "--unified-hosts",
+        nargs="+",
+        help="data-parallel replicas of a unified server instead of P/D pairs: each request goes to one, round robin",
+    )
+    parser.add_argument("--unified-ports", nargs="+", type=int)
+    parser.add_argument(
         "--connect-timeout",
         type=float,
         default=10.0,
@@ -75,9 +81,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="on SIGTERM/SIGINT, seconds in-flight requests may take to finish",
     )
     args = parser.parse_args(argv)
+    given = argv if argv is not None else sys.argv[1:]
+    if (args.unified_hosts is None) != (args.unified_ports is None):
+        parser.error("--unified-hosts and --unified-ports go together")
+    if args.unified_hosts is not None and any(a.startswith(("--prefiller", "--decoder")) for a in given):
+        parser.error("--unified-hosts replaces the prefiller and decoder flags: give one or the other")
     for role, hosts, ports in (
         ("prefiller", args.prefiller_hosts, args.prefiller_ports),
         ("decoder", args.decoder_hosts, args.decoder_ports),
+        ("unified", args.unified_hosts or [], args.unified_ports or []),
     ):
         if len(hosts) != len(ports):
             parser.error(f"--{role}-hosts has {len(hosts)} value(s) but --{role}-ports has {len(ports)}; give one port per host")

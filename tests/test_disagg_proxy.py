@@ -236,12 +236,12 @@ def closed_port() -> int:
 class ProxyProcess:
     """The proxy script as a subprocess; collects its stderr lines."""
 
-    def __init__(self, prefill: list[int], decode: list[int], read_timeout: float = 10, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, prefill: list[int], decode: list[int], read_timeout: float = 10, extra: tuple[str, ...] = (),
+                 unified: list[int] | None = None) -> None:
         argv = [sys.executable, str(SCRIPT), "--host", "127.0.0.1", "--port", "0"]
-        argv += ["--prefiller-hosts", *["127.0.0.1"] * len(prefill)]
-        argv += ["--prefiller-ports", *map(str, prefill)]
-        argv += ["--decoder-hosts", *["127.0.0.1"] * len(decode)]
-        argv += ["--decoder-ports", *map(str, decode)]
+        roles = [("unified", unified)] if unified else [("prefiller", prefill), ("decoder", decode)]
+        for role, ports in roles:
+            argv += [f"--{role}-hosts", *["127.0.0.1"] * len(ports), f"--{role}-ports", *map(str, ports)]
         argv += ["--connect-timeout", "2", "--read-timeout", str(read_timeout), *extra]
         self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
@@ -587,6 +587,38 @@ def test_round_robin_over_two_p_and_two_d(cluster, proxies, client):
     assert (
         sorted(d_seq) == ["D0", "D0", "D1", "D1"] and d_seq[0] != d_seq[1] == d_seq[3]
     )
+
+
+def test_unified_replicas_get_the_client_body_round_robin_without_a_p_leg(cluster, client):
+    """`--unified-hosts`: data-parallel replicas of a unified server behind one address."""
+    proxy = ProxyProcess([], [], unified=[cluster["D0"].port, cluster["D1"].port])
+    try:
+        health = client.get(proxy.url + "/health").json()
+        assert health["status"] == "ok" and health["unified_instances"] == 2 and "prefill_instances" not in health
+        assert {b["role"] for b in health["backends"]} == {"unified"}
+        chosen = []
+        for _ in range(4):
+            rid = f"uni-{uuid.uuid4()}"
+            body = completion_body(stream=False)
+            r = client.post(proxy.url + "/v1/completions", json=body, headers={"X-Request-Id": rid})
+            assert r.status_code == 200 and "x-proxy-prefill-backend" not in r.headers
+            assert received_by(cluster, "prefill", rid) == []
+            backend, rec = one(cluster, "decode", rid)
+            assert rec.body == body  # relayed as the client sent it: no kv_transfer_params, no P step
+            chosen.append(backend.name)
+        assert sorted(chosen) == ["D0", "D0", "D1", "D1"] and chosen[0] != chosen[1] == chosen[3]
+        line = proxy.wait_for_log(f"request_id={rid}")
+        assert " prefill=- " in line and f"decode={cluster[chosen[-1]].url}" in line
+    finally:
+        proxy.stop()
+
+
+def test_unified_flags_replace_the_p_d_flags():
+    for args, message in ((["--unified-hosts", "a", "--unified-ports", "1", "--decoder-ports", "2"], "give one or the other"),
+                          (["--unified-hosts", "a"], "go together"),
+                          (["--unified-hosts", "a", "b", "--unified-ports", "1"], "one port per host")):
+        done = subprocess.run([sys.executable, str(SCRIPT), *args], check=False, capture_output=True, text=True, timeout=10)
+        assert done.returncode == 2 and message in done.stderr, done.stderr
 
 
 def test_missing_kv_transfer_params_is_visible(cluster, proxies, client):

@@ -18,6 +18,7 @@ from disagglab.errors import PlanError
 from disagglab.plan.config import load_sources, merge, validate_config
 from disagglab.plan.model import load_plan
 from disagglab.tasks.dag import Phases
+from disagglab.tasks.nodefiles import files_for_pattern, node_file_digests
 from disagglab.tasks.render import render_task
 
 from conftest import ROOT
@@ -77,8 +78,8 @@ BAD = [
      "layers[0].patterns[0].prefill", "'prefill' does not apply to a unified pattern (it takes 'unified')"),
     ("unified on a tcp pattern", with_topology(TCP, unified={"instances": 1}),
      "layers[0].patterns[1].unified", "'unified' does not apply to a tcp pattern (it takes 'prefill' and 'decode')"),
-    ("unified replicas", with_topology(UNIFIED, unified={"instances": 2}),
-     "layers[0].patterns[0].unified.instances", "2 unified replicas need a round-robin proxy"),
+    ("unified replicas oversubscribe node1", with_topology(UNIFIED, unified={"instances": 3, "tp_size": 2}),
+     "layers[0].patterns[0].unified", "3 instances x tp_size 2 = 6 GPUs on node1, but gpu_count_per_node is 4"),
     ("instances zero", with_topology(TCP, decode={"instances": 0}), "layers[0].patterns[1].decode.instances", "less than the minimum of 1"),
     ("instances missing", with_topology(TCP, decode={"tp_size": 2}), "layers[0].patterns[1].decode.instances", "required key is missing"),
     ("unknown topology key", with_topology(TCP, decode={"instances": 1, "gpus": [0]}), "layers[0].patterns[1].decode.gpus", "unknown key 'gpus'"),
@@ -136,6 +137,24 @@ def test_each_server_gets_its_own_gpus_ports_side_channel_and_the_proxy_gets_the
     at = proxy.index("--prefiller-hosts")
     assert proxy[at:at + 12] == ["--prefiller-hosts", "${node1_host}", "${node1_host}", "--prefiller-ports", "${producer_port}", "${producer_port_1}",
                                  "--decoder-hosts", "${node2_host}", "${node2_host}", "--decoder-ports", "${consumer_port}", "${consumer_port_1}"]
+
+
+def test_unified_replicas_render_the_proxy_in_round_robin_mode_and_the_benchmark_talks_to_it(tmp_path: Path) -> None:
+    plan = tmp_path / "phase99.json"
+    plan.write_text(json.dumps(with_topology(UNIFIED, unified={"instances": 2, "tp_size": 2})))
+    pattern = load_plan(plan).pattern("p99-unified-1k-c1")
+    assert pattern.uses_proxy and "scripts/proxy/relay.py" in files_for_pattern(pattern, "sim", node_file_digests())
+    task = json.loads(render_task(pattern, "unified", "phase99", config("config.yaml")))
+    assert [(s["name"], s["env"]["CUDA_VISIBLE_DEVICES"]) for s in task["servers"]] == [("unified", "0,1"), ("unified-1", "2,3")]
+    proxy = task["proxy"]["argv"]
+    at = proxy.index("--unified-hosts")
+    assert proxy[at:at + 6] == ["--unified-hosts", "${node1_host}", "${node1_host}", "--unified-ports", "${unified_port}", "${unified_port_1}"]
+    assert not any(a.startswith(("--prefiller", "--decoder")) for a in proxy)
+    assert task["proxy"]["health_url"] == "http://${node1_host}:${proxy_port}/health"
+    bench = task["benchmark"]
+    assert bench["target"] == "proxy" and bench["argv"][bench["argv"].index("--base-url") + 1] == "http://${node1_host}:${proxy_port}"
+    one = load_plan(ROOT / "plans" / "phase14.json").pattern("p14-unified-1k-c1")
+    assert not one.uses_proxy and "scripts/proxy/relay.py" not in files_for_pattern(one, "sim", node_file_digests())
 
 
 def test_fixed_ports_of_instances_are_derived_from_the_configured_ones() -> None:

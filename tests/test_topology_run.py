@@ -1,7 +1,7 @@
 """A 2 prefill x 2 decode tcp pattern through real Snakemake with the stand-in (issue 12).
 
 Four servers start (each its own process, port and log) and stop; the proxy spreads requests
-over both decode instances; the result records the topology, the GPUs used, per-GPU throughput
+over both decode instances (and, in round-robin mode, over two unified replicas); the result records the topology, the GPUs used, per-GPU throughput
 and KV evidence per decode instance. One decode instance that re-prefills makes the result
 invalid, naming it.
 """
@@ -18,11 +18,13 @@ from conftest import Project, alive_groups, ledger_entries, make_project
 PHASE = "phase91"
 CLEAN = "p91-tcp-2p2d"
 REPREFILL = "p91-tcp-2p2d-reprefill"
+REPLICAS = "p91-unified-2r"
 TOPOLOGY = {"prefill": {"instances": 2, "tp_size": 2}, "decode": {"instances": 2, "tp_size": 1}}
 
 
 def _plan() -> dict:
     patterns = [{"id": pid, "backend": "tcp", "prompt_tokens": 256, "concurrency": 2, **TOPOLOGY} for pid in (CLEAN, REPREFILL)]
+    patterns.append({"id": REPLICAS, "backend": "unified", "prompt_tokens": 256, "concurrency": 2, "unified": {"instances": 2, "tp_size": 2}})
     return {
         "phase": 91, "name": "topology", "description": "2P2D with the stand-in",
         "infrastructure": {"instance_type": "g5.12xlarge", "node_count": 2, "model": "Qwen/Qwen2.5-7B-Instruct",
@@ -87,3 +89,20 @@ def test_a_decode_instance_that_re_prefills_makes_the_result_invalid_naming_it(r
     assert per["consumer"]["valid"] and not per["consumer-1"]["valid"]
     marker = json.loads((project.root / "results" / PHASE / "L0.done").read_text())
     assert marker["invalid"] == [REPREFILL]
+
+
+def test_unified_replicas_share_the_requests_behind_the_proxy(ran) -> None:
+    project, _ = ran
+    result = project.result(PHASE, REPLICAS)
+    assert result["validity"]["valid"], result["validity"]
+    assert result["description"]["roles"]["unified"]["servers"] == [{"name": "unified", "gpus": [0, 1]},
+                                                                     {"name": "unified-1", "gpus": [2, 3]}]
+    assert result["per_gpu"]["gpus"] == 4
+    kv = result["kv_transfer"]
+    assert kv["required"] is False and kv["reason"].startswith("unified: no KV transfer expected; requests per replica: ")
+    per = {e["server"]: e["requests"] for e in kv["instances"]}
+    assert sorted(per) == ["unified", "unified-1"] and sum(per.values()) == result["completed"] + 2 == 14  # warmup included
+    assert min(per.values()) >= 6  # round robin: 7 each, give or take the order of health probes and warmup
+    (ledger,) = (project.root / "results/.local/nodes/node1").glob(f"{PHASE}/runs/{REPLICAS}/procs.json")
+    names = sorted(e["name"] for e in json.loads(ledger.read_text()))
+    assert names == ["benchmark", "proxy", "unified", "unified-1"], names

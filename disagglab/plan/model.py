@@ -64,6 +64,12 @@ class Pattern:
     def roles(self) -> tuple[str, ...]:
         return ("producer", "consumer") if self.disaggregated else ("unified",)
 
+    @property
+    def uses_proxy(self) -> bool:
+        """P/D pairs always go through the proxy; unified only when it has replicas to spread over."""
+        topology = self.spec.get("topology") or {}
+        return self.disaggregated or topology.get("unified", {}).get("instances", 1) > 1
+
 
 @dataclass(frozen=True)
 class Layer:

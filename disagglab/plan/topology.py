@@ -8,7 +8,9 @@ effective spec carries no `topology` key, so its task definitions render byte-id
 Placement is fixed: prefill servers on node1, decode servers on node2, unified on node1. On
 its node, instance i of a role holds GPUs i*tp .. i*tp+tp-1 (CUDA_VISIBLE_DEVICES), so the
 instances of a role never overlap; a role that would need more GPUs than its node has is
-refused. Prefill and decode sharing a node (node_count 1, or a role spread over both nodes)
+refused. Unified replicas (instances > 1) sit behind the proxy in round-robin mode on node1,
+so a unified pattern can use as many GPUs as the disaggregated one it is compared with.
+Prefill and decode sharing a node (node_count 1, or a role spread over both nodes)
 is refused as well: the pipeline runs one role per node.
 """
 
@@ -124,8 +126,4 @@ def topology_problems(doc: dict[str, Any], file: str) -> list[Problem]:
                 problems.append(Problem(file, where, (
                     f"{n} instances x tp_size {tp} = {n * tp} GPUs on {node}, but gpu_count_per_node is {gpus} "
                     f"({key} servers all run on {node}; prefill and decode do not share a node, and a role is not spread over both)")))
-            if unified and n > 1:
-                problems.append(Problem(file, format_path([*here, key, "instances"]), (
-                    f"{n} unified replicas need a round-robin proxy in front of them; the proxy routes prefill/decode "
-                    "pairs only, so a unified pattern runs 1 instance (its tp_size may differ)")))
     return problems

@@ -88,11 +88,17 @@ def instance_kv_evidence(backend: str, readings: list[dict[str, Any]], completed
         per.append({**ev, "requests": served})
     bad = [f"{e['server']}: {e['reason']}" for e in per if not e["valid"]]
     transfers = sum(e["transfers"] for e in per)
-    total = {"required": True, "servers": [e["server"] for e in per], "transfers": transfers,
+    required = backend in DISAGGREGATED
+    total = {"required": required, "servers": [e["server"] for e in per], "transfers": transfers,
              "failed_transfers": sum(e["failed_transfers"] for e in per), "completed_requests": completed,
              "instances": per, "valid": not bad}
-    total["reason"] = ("decode instance " + "; decode instance ".join(bad) if bad
-                       else f"every decode instance pulled KV: {transfers} transfers >= {completed} completed requests, 0 failed")
+    kind = "decode instance" if required else "unified replica"  # replicas: no KV moves, but each must serve
+    if bad:
+        total["reason"] = kind + " " + f"; {kind} ".join(bad)
+    elif required:
+        total["reason"] = f"every decode instance pulled KV: {transfers} transfers >= {completed} completed requests, 0 failed"
+    else:
+        total["reason"] = "unified: no KV transfer expected; requests per replica: " + ", ".join(f"{e['server']} {e['requests']}" for e in per)
     return total
 
 

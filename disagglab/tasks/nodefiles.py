@@ -17,8 +17,8 @@ from disagglab.plan.model import Pattern
 # Files only some patterns run, by path prefix: a node program's entry file and the folder of
 # its parts. Every other node-side file is run by all patterns.
 ONLY_FOR: dict[str, Callable[[Pattern, str], bool]] = {
-    "scripts/disagg_proxy_server.py": lambda p, engine: p.disaggregated,
-    "scripts/proxy/": lambda p, engine: p.disaggregated,
+    "scripts/disagg_proxy_server.py": lambda p, engine: p.uses_proxy,
+    "scripts/proxy/": lambda p, engine: p.uses_proxy,
     "scripts/vllm_sim.py": lambda p, engine: engine == "sim",
     "scripts/sim/": lambda p, engine: engine == "sim",
     "remote/nixl_preflight.py": lambda p, engine: p.disaggregated,

@@ -13,11 +13,13 @@ from typing import Any
 
 PREFILL = "prefill"
 DECODE = "decode"
+UNIFIED = "unified"
+"""Data-parallel replicas of a unified server: requests go straight to one, round robin (no P leg)."""
 
 
 @dataclass(frozen=True)
 class Backend:
-    """One vLLM server; ``role`` is ``prefill`` or ``decode``."""
+    """One vLLM server; ``role`` is ``prefill``, ``decode`` or ``unified``."""
 
     role: str
     host: str
@@ -73,7 +75,7 @@ class RequestStats:
 
     request_id: str
     path: str
-    prefill: Backend
+    prefill: Backend | None  # None for a unified replica: there is no P leg
     decode: Backend
     started: float = field(default_factory=time.perf_counter)
     prefill_ms: float | None = None
@@ -86,7 +88,7 @@ class RequestStats:
     def log_line(self, total_ms: float) -> str:
         """One greppable key=value line per request."""
         line = (
-            f"request_id={self.request_id} path={self.path} prefill={self.prefill.url} decode={self.decode.url} "
+            f"request_id={self.request_id} path={self.path} prefill={self.prefill.url if self.prefill else '-'} decode={self.decode.url} "
             f"status={self.status} kv_transfer_params={self.kv_params} prefill_ms={_fmt_ms(self.prefill_ms)} "
             f"decode_first_byte_ms={_fmt_ms(self.decode_first_byte_ms)} total_ms={total_ms:.2f} bytes={self.bytes_out}"
         )

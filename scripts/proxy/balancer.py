@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any
 
-from .backends import DECODE, PREFILL, Backend
+from .backends import DECODE, PREFILL, UNIFIED, Backend
 from .conn import WAIT_TIMEOUT, BackendFailure, Conn
 from .pool import BODY_EXCERPT_CHARS, Pool, request_head
 
@@ -46,9 +46,13 @@ class Balancer:
         health_interval: float,
         health_timeout: float,
         eject_after: int,
+        unified: list[Backend] | None = None,
     ) -> None:
         self.prefill = prefill
         self.decode = decode
+        self.unified = unified or []
+        # Where a completion is relayed: the decode servers, or the unified replicas (no P leg).
+        self.target = UNIFIED if self.unified else DECODE
         self.connect_timeout = connect_timeout
         self.health_interval = health_interval
         self.health_timeout = health_timeout
@@ -56,9 +60,10 @@ class Balancer:
         self.roles: dict[str, list[BackendState]] = {
             PREFILL: [BackendState(b, Pool(b, connect_timeout)) for b in prefill],
             DECODE: [BackendState(b, Pool(b, connect_timeout)) for b in decode],
+            UNIFIED: [BackendState(b, Pool(b, connect_timeout)) for b in self.unified],
         }
-        self.states = self.roles[PREFILL] + self.roles[DECODE]
-        self._cursor = {PREFILL: 0, DECODE: 0}
+        self.states = self.roles[PREFILL] + self.roles[DECODE] + self.roles[UNIFIED]
+        self._cursor = {PREFILL: 0, DECODE: 0, UNIFIED: 0}
         self._health_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -78,7 +83,7 @@ class Balancer:
             state.pool.close()
 
     def pick(self, role: str) -> BackendState | None:
-        """Next healthy backend of the role, round robin (P and D independently)."""
+        """Next healthy backend of the role, round robin (each role independently)."""
         states = self.roles[role]
         n = len(states)
         cursor = self._cursor[role]

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .backends import DECODE, PREFILL, Backend, BackendError, RequestStats
+from .backends import PREFILL, Backend, BackendError, RequestStats
 from .balancer import BackendState, Balancer
 from .conn import BackendFailure, Conn, ConnectFailed
 from .metrics import Metrics
@@ -39,8 +39,9 @@ class Proxy(Balancer):
         health_interval: float = 2.0,
         health_timeout: float = 1.0,
         eject_after: int = 2,
+        unified: list[Backend] | None = None,
     ) -> None:
-        super().__init__(prefill, decode, connect_timeout, health_interval, health_timeout, eject_after)
+        super().__init__(prefill, decode, connect_timeout, health_interval, health_timeout, eject_after, unified)
         self.read_timeout = read_timeout
         self.metrics = Metrics()
         self.in_flight = 0
@@ -61,7 +62,7 @@ class Proxy(Balancer):
     # ----------------------------------------------------------------- completions
 
     async def handle_completion(self, request: web.Request) -> web.StreamResponse:
-        """POST /v1/completions and /v1/chat/completions: P first, then relay D."""
+        """POST /v1/completions and /v1/chat/completions: P first, then relay D (or relay a unified replica)."""
         self.in_flight += 1
         status = "499"
         try:
@@ -95,13 +96,15 @@ class Proxy(Balancer):
         except (ValueError, UnicodeDecodeError) as exc:
             return self._client_error(f"request body is not valid JSON: {exc}", request_id)
 
-        prefill = self.pick(PREFILL)
-        if prefill is None:
-            return self._no_healthy(PREFILL, request_id)
-        decode = self.pick(DECODE)
+        prefill = None
+        if not self.unified:
+            prefill = self.pick(PREFILL)
+            if prefill is None:
+                return self._no_healthy(PREFILL, request_id)
+        decode = self.pick(self.target)
         if decode is None:
-            return self._no_healthy(DECODE, request_id)
-        stats = RequestStats(request_id, request.path, prefill.backend, decode.backend)
+            return self._no_healthy(self.target, request_id)
+        stats = RequestStats(request_id, request.path, prefill.backend if prefill else None, decode.backend)
         extra = f"X-Request-Id: {header_value(request_id)}\r\n"
         authorization = request.headers.get("Authorization")
         if authorization:
@@ -148,13 +151,18 @@ class Proxy(Balancer):
         deferred: list[tuple[int, int]],
         extra: str,
         stats: RequestStats,
-        prefill: BackendState,
+        prefill: BackendState | None,
         decode: BackendState,
     ) -> web.StreamResponse:
         """The two legs of one request; BackendError means nothing was sent to the client.
 
         Long token-id arrays are validated while P works on the request (InvalidClientJSON: a
-        400, P's connection is dropped and D never sees the request)."""
+        400, P's connection is dropped and D never sees the request). A unified replica
+        (prefill None) gets the client's body as it came, after the same validation."""
+        if prefill is None:
+            if deferred:
+                check_deferred(text, deferred)
+            return await self._relay_decode(request, decode, raw, extra, stats)
         start = time.perf_counter()
         validate = (lambda: check_deferred(text, deferred)) if deferred else None
         kv_member = await self._prefill(prefill, request.path, prefill_body(text, members), extra, validate)
@@ -270,8 +278,8 @@ class Proxy(Balancer):
     async def _end_broken_stream(self, conn: Conn, out: web.StreamResponse, stats: RequestStats, exc: BackendFailure) -> None:
         """Headers are gone already: say what broke in-band (SSE) or cut the body short."""
         conn.abort()
-        self.metrics.errors[(DECODE, "mid_stream")] += 1
-        message = f"decode backend {stats.decode.url} failed after streaming began: {self._describe(exc)}"
+        self.metrics.errors[(self.target, "mid_stream")] += 1
+        message = f"{stats.decode.role} backend {stats.decode.url} failed after streaming began: {self._describe(exc)}"
         stats.error = message
         LOG.error("request_id=%s %s", stats.request_id, message)
         if not conn.content_type.startswith("text/event-stream"):
@@ -287,26 +295,23 @@ class Proxy(Balancer):
     # ----------------------------------------------------------------- health, models, metrics
 
     async def handle_health(self, request: web.Request) -> web.Response:
-        """Probe every backend's /health concurrently; ready only if one P and one D answer.
+        """Probe every backend's /health concurrently; ready only if one P and one D (or one unified replica) answer.
         The probes count as health checks (a backend that answers returns to the round robin)."""
         results = await asyncio.gather(*(self.probe(s) for s in self.states))
-        healthy_p = any(r["healthy"] for r in results if r["role"] == PREFILL)
-        healthy_d = any(r["healthy"] for r in results if r["role"] == DECODE)
+        healthy_p = bool(self.unified) or any(r["healthy"] for r in results if r["role"] == PREFILL)
+        healthy_d = any(r["healthy"] for r in results if r["role"] == self.target)
         ok = healthy_p and healthy_d and not self.draining
-        payload = {
-            "status": "ok" if ok else "unavailable",
-            "prefill_instances": len(self.prefill),
-            "decode_instances": len(self.decode),
-            "backends": results,
-        }
+        counts = {"unified_instances": len(self.unified)} if self.unified else {
+            "prefill_instances": len(self.prefill), "decode_instances": len(self.decode)}
+        payload = {"status": "ok" if ok else "unavailable", **counts, "backends": results}
         return json_response(payload, 200 if ok else 503, {})
 
     async def handle_models(self, request: web.Request) -> web.Response:
-        """GET /v1/models from a decode server, so clients can discover the model name."""
+        """GET /v1/models from a decode server (or unified replica), so clients can discover the model name."""
         request_id = request.headers.get("X-Request-Id") or str(uuid.uuid4())
-        state = self.pick(DECODE)
+        state = self.pick(self.target)
         if state is None:
-            response = self._no_healthy(DECODE, request_id)
+            response = self._no_healthy(self.target, request_id)
         else:
             response = await self._models(state)
         self.metrics.requests[(request.path, str(response.status))] += 1
@@ -322,7 +327,7 @@ class Proxy(Balancer):
                 pool.release(conn)
         except BackendFailure as exc:
             err = self._backend_error(state, exc)
-            self.metrics.errors[(DECODE, err.kind)] += 1
+            self.metrics.errors[(self.target, err.kind)] += 1
             return json_response(err.payload(), 502, {})
         return web.Response(body=raw, status=conn.status, headers={"Content-Type": conn.headers.get("content-type", "application/json")})
 

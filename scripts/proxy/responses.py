@@ -46,11 +46,10 @@ class RelayResponse(web.StreamResponse):
 
 def diagnostic_headers(stats: RequestStats) -> dict[str, str]:
     """Headers that make every measurement traceable (docs/node-programs.md, "Response headers")."""
-    headers = {
-        "X-Request-Id": stats.request_id,
-        "X-Proxy-Prefill-Backend": stats.prefill.url,
-        "X-Proxy-Decode-Backend": stats.decode.url,
-    }
+    headers = {"X-Request-Id": stats.request_id}
+    if stats.prefill is not None:  # a unified replica has no P leg
+        headers["X-Proxy-Prefill-Backend"] = stats.prefill.url
+    headers["X-Proxy-Decode-Backend"] = stats.decode.url
     if stats.kv_params is not None:
         headers["X-KV-Transfer-Params"] = stats.kv_params
     if stats.prefill_ms is not None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .backends import DECODE, PREFILL, Backend, http_url
+from .backends import DECODE, PREFILL, UNIFIED, Backend, http_url
 from .relay import Proxy
 
 LOG = logging.getLogger("disagg_proxy")
@@ -58,9 +58,11 @@ async def serve(args: argparse.Namespace) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):  # before binding: no signal is lost
         loop.add_signal_handler(sig, on_signal)
+    unified = [Backend(UNIFIED, h, p) for h, p in zip(args.unified_hosts or [], args.unified_ports or [])]
     proxy = Proxy(
-        prefill=[Backend(PREFILL, h, p) for h, p in zip(args.prefiller_hosts, args.prefiller_ports)],
-        decode=[Backend(DECODE, h, p) for h, p in zip(args.decoder_hosts, args.decoder_ports)],
+        prefill=[] if unified else [Backend(PREFILL, h, p) for h, p in zip(args.prefiller_hosts, args.prefiller_ports)],
+        decode=[] if unified else [Backend(DECODE, h, p) for h, p in zip(args.decoder_hosts, args.decoder_ports)],
+        unified=unified,
         connect_timeout=args.connect_timeout,
         read_timeout=args.read_timeout,
         health_interval=args.health_interval,
@@ -75,9 +77,10 @@ async def serve(args: argparse.Namespace) -> None:
         server = await loop.create_server(runner.server, args.host, args.port, reuse_address=True, backlog=1024)
         port = server.sockets[0].getsockname()[1] if server.sockets else args.port
         LOG.info(
-            "backends: prefill %s; decode %s; health checks every %gs (timeout %gs, eject after %d failures); event loop: %s",
-            " ".join(b.url for b in proxy.prefill),
-            " ".join(b.url for b in proxy.decode),
+            "backends: prefill %s; decode %s; unified %s; health checks every %gs (timeout %gs, eject after %d failures); event loop: %s",
+            " ".join(b.url for b in proxy.prefill) or "-",
+            " ".join(b.url for b in proxy.decode) or "-",
+            " ".join(b.url for b in proxy.unified) or "-",
             args.health_interval,
             args.health_timeout,
             args.eject_after,
