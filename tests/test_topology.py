@@ -62,7 +62,9 @@ def test_plans_without_a_topology_render_the_tasks_they_rendered_before(cfg_name
         phases = Phases(ROOT / plans_dir, cfg)
         for plan in sorted((ROOT / plans_dir).glob("phase*.json")):
             for pid, pattern in phases.plan(plan.stem).patterns.items():
-                assert "topology" not in pattern.spec
+                if "topology" in pattern.spec:  # written after topologies existed (phase16): nothing to compare with
+                    assert not any(k.startswith(f"{plans_dir}/{plan.stem}/{pid}/") for k in golden), pid
+                    continue
                 for role in pattern.roles:
                     now[f"{plans_dir}/{plan.stem}/{pid}/{role}"] = phases.task_digest(plan.stem, pid, role)
     assert now.keys() >= golden.keys()

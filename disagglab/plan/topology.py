@@ -89,6 +89,19 @@ def fixed_ports(configured: Mapping[str, Any]) -> dict[str, int]:
     return ports
 
 
+def topology_text(spec: dict[str, Any]) -> str:
+    """`2P x tp1 + 2D x tp1 = 4 GPUs` or `4 replicas x tp1 = 4 GPUs`; empty without a topology (today's layout)."""
+    topo = spec.get("topology")
+    if not topo:
+        return ""
+    if "unified" in topo:
+        u = topo["unified"]
+        return f"{u['instances']} replicas x tp{u['tp_size']} = {u['instances'] * u['tp_size']} GPUs"
+    p, d = topo["prefill"], topo["decode"]
+    total = p["instances"] * p["tp_size"] + d["instances"] * d["tp_size"]
+    return f"{p['instances']}P x tp{p['tp_size']} + {d['instances']}D x tp{d['tp_size']} = {total} GPUs"
+
+
 def gpus_used(spec: dict[str, Any], roles: tuple[str, ...]) -> int:
     return sum(inst["tp_size"] for role in roles for inst in instances(spec, role))
 

@@ -18,6 +18,7 @@ from typing import Any
 from disagglab.guard import snakestate
 from disagglab.paths import PhaseLayout
 from disagglab.plan.model import Plan
+from disagglab.plan.topology import topology_text
 from disagglab.results.read import CorruptResult, latest_acceptance_note, read_result, result_problem
 
 STATES = ("done", "invalid", "out-of-date", "running", "incomplete", "failed", "pending", "corrupt")
@@ -41,7 +42,9 @@ def list_lines(plan: Plan) -> list[str]:
         for pid in layer.pattern_ids:
             s = plan.pattern(pid).spec
             load = f"rate {s['request_rate']}/s cap {s['concurrency']}" if s.get("request_rate") else f"c={s['concurrency']}"
-            lines.append(f"    {pid:32s} {s['backend']:8s} {s['prompt_tokens']:>6d} tok  {load:14s} {s['measurement_type']}")
+            line = f"    {pid:32s} {s['backend']:8s} {s['prompt_tokens']:>6d} tok  {load:14s} {s['measurement_type']}"
+            topology = topology_text(s)
+            lines.append(f"{line}  {topology}" if topology else line)
     return lines
 
 
