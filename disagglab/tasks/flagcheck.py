@@ -14,6 +14,15 @@ connector lookup, SchedulerConfig, CacheConfig, ParallelConfig; what cannot run 
 the end, `not checked ...`). Every rejection is printed as
 `<plan>: <pattern> <role>: [<stage>] <flag value ...>: <vLLM's message>`; the exit status is 1
 when any command line was rejected, 2 when the checker itself could not run or is the wrong version.
+
+Each server is asked twice: its command line as rendered, and the same line holding the
+pattern's requests in flight at once (`--max-num-seqs N`, id `<pattern> <role> holding N`).
+Our templates never give `--max-num-seqs`, and then vLLM 0.15.1 quietly lowers its default of
+256 to max_num_batched_tokens (EngineArgs._set_default_max_num_seqs_and_batched_tokens_args),
+so `--max-num-batched-tokens 16` alone starts and runs 16 sequences at a time. The second
+question gets vLLM's own answer to what the pattern needs: SchedulerConfig refuses
+max_num_batched_tokens below max_num_seqs. The plan's own rules (plan/checks.py, which say
+the same without vLLM) are printed first and do not stop vLLM from being asked.
 """
 
 from __future__ import annotations
@@ -29,8 +38,8 @@ from typing import Any
 
 from disagglab.errors import InputError
 from disagglab.paths import ROOT
-from disagglab.plan.checks import check_plan as check_plan_rules
-from disagglab.plan.checks import print_warnings
+from disagglab.plan.bounds import in_flight
+from disagglab.plan.checks import plan_findings, print_warnings
 from disagglab.plan.config import current_config
 from disagglab.plan.model import Plan, load_plan
 from disagglab.plan.topology import fixed_ports
@@ -55,15 +64,21 @@ def bindings(cfg: dict[str, Any]) -> dict[str, str]:
 
 
 def serve_cases(plan: Plan, phase: str, cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """One case per server of every pattern: id `<pattern> <role>`, args = the words after `serve`."""
+    """Two cases per server of every pattern (see the module docstring): as rendered, id
+    `<pattern> <role>`, and holding the requests in flight, id `<pattern> <role> holding N`;
+    args = the words after `serve`."""
     values = bindings(cfg)
     cases = []
     for pattern in plan.patterns.values():
+        held = in_flight(pattern.spec)
         for role in pattern.roles:
             task = json.loads(render_task(pattern, role, phase, cfg))
             for server in task["servers"]:
                 argv = [_TOKEN.sub(lambda m: values[m.group(1)], word) for word in server["argv"]]
-                cases.append({"id": f"{pattern.id} {role}", "args": argv[argv.index("serve") + 1:]})
+                args = argv[argv.index("serve") + 1:]
+                cases.append({"id": f"{pattern.id} {role}", "args": args})
+                if "--max-num-seqs" not in args:
+                    cases.append({"id": f"{pattern.id} {role} holding {held}", "args": [*args, "--max-num-seqs", str(held)]})
     return cases
 
 
@@ -107,26 +122,29 @@ def report(path: Path, cases: list[dict[str, Any]], verdicts: list[dict[str, Any
     for note, count in skipped.items():
         print(f"{path}: {count} of {len(cases)}: {note}")
     print(f"{path}: {len(cases) - len(bad)} of {len(cases)} server command lines accepted by vLLM {version}"
-          f" ({'local vLLM-CPU' if local else 'node'} rendering)")
+          f" ({'local vLLM-CPU' if local else 'node'} rendering, each as rendered and holding its requests in flight)")
     return len(bad)
 
 
 def check_plan(path: Path, args: argparse.Namespace, cfg: dict[str, Any], not_checked: dict[str, None]) -> int:
     """Rejections in one plan; raises InputError, RuntimeError (exit 2) when it cannot be checked."""
     plan = load_plan(path)
-    # The plan's own rules first (e.g. a max_num_batched_tokens that caps running sequences,
-    # which vLLM accepts): a plan every other front door refuses is not "checked" here either.
-    print_warnings(check_plan_rules(plan, cfg))
+    # The plan's own rules first; their errors count as rejections but vLLM is still asked,
+    # so a refusal both sides make shows vLLM's own message beside ours.
+    found = plan_findings(plan, cfg)
+    print_warnings(found.warnings)
+    for problem in found.errors:
+        print(f"{problem} [plan rule]")
     version = str(plan.infrastructure["vllm_version"]).lstrip("v")
     python = args.python or str(ROOT / f".venv-argcheck-{version}" / "bin" / "python")
     if not Path(python).exists():
         raise RuntimeError(f"{python} does not exist: build it with `make check-vllm-flags` (tools/setup_vllm_argcheck.sh {version} ...)")
-    found = checker_version(python)
-    if found["vllm_version"].split("+")[0] != version and not args.any_version:
-        raise RuntimeError(f"the checker has vLLM {found['vllm_version']} but the plan says vllm_version {version} (use --any-version to accept)")
-    not_checked.update(dict.fromkeys(found.get("not_checked") or []))
+    checker = checker_version(python)
+    if checker["vllm_version"].split("+")[0] != version and not args.any_version:
+        raise RuntimeError(f"the checker has vLLM {checker['vllm_version']} but the plan says vllm_version {version} (use --any-version to accept)")
+    not_checked.update(dict.fromkeys(checker.get("not_checked") or []))
     cases = serve_cases(plan, path.stem, cfg)
-    return report(path, cases, run_checker(python, cases), found["vllm_version"], args.local)
+    return len(found.errors) + report(path, cases, run_checker(python, cases), checker["vllm_version"], args.local)
 
 
 def main(argv: list[str] | None = None) -> int:
