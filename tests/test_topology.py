@@ -168,3 +168,27 @@ def test_fixed_ports_of_instances_are_derived_from_the_configured_ones() -> None
     assert (ports["consumer_port_1"], ports["consumer_side_channel_port_1"]) == (ports["consumer_port"] + 1, ports["consumer_side_channel_port"] + 10)
     node2 = [ports[k] for k in ports if k.startswith(("consumer", "proxy"))]
     assert len(node2) == len(set(node2)), "the ports bound on node2 collide"
+
+
+def test_a_topology_whose_listeners_share_a_fixed_port_is_refused_naming_both(tmp_path: Path) -> None:
+    from disagglab.plan.checks import plan_findings
+
+    plan_file = tmp_path / "phase99.json"
+    doc = with_topology(UNIFIED, unified={"instances": 2, "tp_size": 1})
+    doc["infrastructure"]["gpu_count_per_node"] = 4
+    plan_file.write_text(json.dumps(doc))
+    plan = load_plan(plan_file)
+    cfg = config("config.yaml+aws.yaml")
+    assert plan_findings(plan, cfg).errors == []  # the shipped ports: proxy 8000, replicas 8100, 8101
+    cfg["aws"]["ports"]["proxy_port"] = cfg["aws"]["ports"]["unified_port"] + 1
+    errors = plan_findings(plan, cfg).errors
+    assert [(e.path, e.reason.split(": on AWS")[0]) for e in errors] == [
+        ("layers[0].patterns[0]", f"port {cfg['aws']['ports']['proxy_port']} on node1: unified-1 (aws.ports.unified_port + 1) and the proxy (aws.ports.proxy_port)")]
+    # A producer at tp 2 holds two side-channel ports: base and base + 1.
+    doc = with_topology(TCP, prefill={"instances": 1, "tp_size": 2}, decode={"instances": 1, "tp_size": 1})
+    doc["infrastructure"]["gpu_count_per_node"] = 4
+    plan_file.write_text(json.dumps(doc))
+    cfg = config("config.yaml+aws.yaml")
+    cfg["aws"]["ports"]["proxy_port"] = cfg["aws"]["ports"]["producer_side_channel_port"] + 1
+    reasons = [e.reason for e in plan_findings(load_plan(plan_file), cfg).errors]
+    assert len(reasons) == 1 and reasons[0].startswith(f"port {cfg['aws']['ports']['proxy_port']} on node1: producer NIXL side channel rank 1 and the proxy")

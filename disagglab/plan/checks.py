@@ -19,6 +19,7 @@ from disagglab.plan.bounds import concurrency_warnings, context_findings, patter
 from disagglab.plan.fit import fit_findings
 from disagglab.plan.model import Plan
 from disagglab.plan.sweep import relocate
+from disagglab.plan.topology import fixed_ports, port_collisions
 
 WARNING = "WARNING"
 
@@ -44,9 +45,21 @@ def plan_findings(plan: Plan, cfg: dict[str, Any]) -> Findings:
     ctx_errors, ctx_warnings = context_findings(plan, file, paths, cfg.get("models", {}))
     fit_errors, fit_warnings = fit_findings(plan, file, paths, cfg)
     seq_errors, seq_warnings = scheduler_findings(plan, file, paths)
+    seq_errors += port_findings(plan, file, paths, cfg)
     warnings = [*concurrency_warnings(plan, file, paths), *ctx_warnings, *fit_warnings, *seq_warnings]
     errors = relocate([*ctx_errors, *fit_errors, *seq_errors], plan.sweep_origins)  # expanded patterns: named by their sweep
     return Findings(errors, relocate(list(dict.fromkeys(warnings)), plan.sweep_origins))
+
+
+def port_findings(plan: Plan, file: str, paths: dict[str, str], cfg: dict[str, Any]) -> list[Problem]:
+    """Errors: a topology whose servers, side channels and proxy would share a fixed port on a
+    node (config aws.ports; instance i listens on its role's port + i, plan/topology.py)."""
+    ports = fixed_ports(cfg["aws"]["ports"])
+    problems = []
+    for pid, pat in plan.patterns.items():
+        for clash in port_collisions(pat.spec, pat.roles, pat.uses_proxy, ports):
+            problems.append(Problem(file, paths[pid], f"{clash}: on AWS each listens on a fixed port (config aws.ports); move aws.ports or use fewer instances"))
+    return problems
 
 
 def check_plan(plan: Plan, cfg: dict[str, Any]) -> list[Problem]:

@@ -89,6 +89,36 @@ def fixed_ports(configured: Mapping[str, Any]) -> dict[str, int]:
     return ports
 
 
+def node_listeners(spec: dict[str, Any], roles: tuple[str, ...], uses_proxy: bool, ports: Mapping[str, int]) -> dict[str, list[tuple[int, str]]]:
+    """node -> (port, what listens there) for one pattern on the fixed ports (ssm). A server's
+    NIXL side channel is counted as tp_size consecutive ports (one per TP rank, as older vLLM
+    opened them); the proxy listens on node1. The preflight runs before the servers: not counted."""
+    out: dict[str, list[tuple[int, str]]] = {"node1": [], "node2": []}
+    for role in roles:
+        for inst in instances(spec, role):
+            suffix = "" if inst["index"] == 0 else f"_{inst['index']}"
+            listen = out[ROLE_NODE[role]]
+            listen.append((ports[f"{role}_port{suffix}"], f"{inst['name']} (aws.ports.{role}_port{' + ' + str(inst['index']) if suffix else ''})"))
+            if role != "unified":
+                base = ports[f"{role}_side_channel_port{suffix}"]
+                listen += [(base + rank, f"{inst['name']} NIXL side channel rank {rank}") for rank in range(inst["tp_size"])]
+    if uses_proxy:
+        out["node1"].append((ports["proxy_port"], "the proxy (aws.ports.proxy_port)"))
+    return out
+
+
+def port_collisions(spec: dict[str, Any], roles: tuple[str, ...], uses_proxy: bool, ports: Mapping[str, int]) -> list[str]:
+    """`port P on node1: A and B`, for each fixed port two listeners of one pattern would share."""
+    found = []
+    for node, listeners in node_listeners(spec, roles, uses_proxy, ports).items():
+        seen: dict[int, str] = {}
+        for port, who in listeners:
+            if port in seen:
+                found.append(f"port {port} on {node}: {seen[port]} and {who}")
+            seen.setdefault(port, who)
+    return found
+
+
 def topology_text(spec: dict[str, Any]) -> str:
     """`2P x tp1 + 2D x tp1 = 4 GPUs` or `4 replicas x tp1 = 4 GPUs`; empty without a topology (today's layout)."""
     topo = spec.get("topology")
