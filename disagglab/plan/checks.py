@@ -45,9 +45,9 @@ def plan_findings(plan: Plan, cfg: dict[str, Any]) -> Findings:
     ctx_errors, ctx_warnings = context_findings(plan, file, paths, cfg.get("models", {}))
     fit_errors, fit_warnings = fit_findings(plan, file, paths, cfg)
     seq_errors, seq_warnings = scheduler_findings(plan, file, paths)
-    seq_errors += port_findings(plan, file, paths, cfg)
+    port_errors = port_findings(plan, file, paths, cfg)
     warnings = [*concurrency_warnings(plan, file, paths), *ctx_warnings, *fit_warnings, *seq_warnings]
-    errors = relocate([*ctx_errors, *fit_errors, *seq_errors], plan.sweep_origins)  # expanded patterns: named by their sweep
+    errors = relocate([*ctx_errors, *fit_errors, *seq_errors, *port_errors], plan.sweep_origins)  # expanded patterns: named by their sweep
     return Findings(errors, relocate(list(dict.fromkeys(warnings)), plan.sweep_origins))
 
 
