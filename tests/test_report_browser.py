@@ -1,5 +1,6 @@
 """The phase report as a person sees it: built by Snakemake, opened in headless Chromium.
-Also: building the report again leaves the MLflow run count unchanged."""
+Also: building the report again leaves the MLflow run count unchanged, and phase16's report
+answers per GPU by topology."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from disagglab.plan.model import load_plan
 
-from conftest import ROOT, Project, finished_copy
+from conftest import ROOT, Project, finished_copy, make_project
 
 ARTIFACTS = ROOT / "test-artifacts"
 
@@ -31,10 +32,10 @@ def mlflow_runs(db: Path) -> list[tuple[str, str]]:
             "join tags t on t.run_uuid = r.run_uuid and t.key = 'status' where e.name = 'disagglab-phase14'").fetchall())
 
 
-def test_report_in_headless_chromium(built: Project) -> None:
+@pytest.fixture
+def chromium():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
@@ -44,25 +45,36 @@ def test_report_in_headless_chromium(built: Project) -> None:
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options)
     try:
-        page = built.root / "results/phase14/report.html"
-        driver.get(page.as_uri())
-        assert "phase14" in driver.title
-        h1 = driver.find_element(By.TAG_NAME, "h1").text
-        assert h1.startswith("phase14 report")
-        loaded = driver.execute_script("return Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length")
-        assert loaded >= 4 and loaded == len(driver.find_elements(By.TAG_NAME, "img"))
-        body = driver.find_element(By.TAG_NAME, "body").text
-        assert "SIMULATED (vLLM stand-in, not real GPU measurements)" in body
-        every = list(load_plan(built.root / "plans/phase14.json").patterns)  # L1 is a sweep: its ids are expanded
-        assert len(every) == 6 + 12 + 12  # L0, L1, L2
-        assert [pid for pid in every if pid not in body] == []  # patterns without a result are named too
-        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-        assert errors == [], errors
-        ARTIFACTS.mkdir(exist_ok=True)
-        assert driver.save_screenshot(str(ARTIFACTS / "report-phase14.png"))
-        assert (ARTIFACTS / "report-phase14.png").stat().st_size > 10_000
+        yield driver
     finally:
         driver.quit()
+
+
+def loaded_images(driver) -> int:
+    return driver.execute_script("return Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length")
+
+
+def test_report_in_headless_chromium(built: Project, chromium) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = chromium
+    page = built.root / "results/phase14/report.html"
+    driver.get(page.as_uri())
+    assert "phase14" in driver.title
+    h1 = driver.find_element(By.TAG_NAME, "h1").text
+    assert h1.startswith("phase14 report")
+    loaded = loaded_images(driver)
+    assert loaded >= 4 and loaded == len(driver.find_elements(By.TAG_NAME, "img"))
+    body = driver.find_element(By.TAG_NAME, "body").text
+    assert "SIMULATED (vLLM stand-in, not real GPU measurements)" in body
+    every = list(load_plan(built.root / "plans/phase14.json").patterns)  # L1 is a sweep: its ids are expanded
+    assert len(every) == 6 + 12 + 12  # L0, L1, L2
+    assert [pid for pid in every if pid not in body] == []  # patterns without a result are named too
+    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == [], errors
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert driver.save_screenshot(str(ARTIFACTS / "report-phase14.png"))
+    assert (ARTIFACTS / "report-phase14.png").stat().st_size > 10_000
 
 
 def test_report_twice_keeps_one_mlflow_run_per_pattern(built: Project) -> None:
@@ -74,3 +86,41 @@ def test_report_twice_keeps_one_mlflow_run_per_pattern(built: Project) -> None:
     assert again.returncode == 0, again.stderr[-3000:]
     assert mlflow_runs(db) == first
     assert "0 created, 6 unchanged" in (built.root / "results/phase14/logs/mlflow.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def phase16(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """phase16 run whole with the stand-in: ten configurations, 2 to 4 GPUs, one workload (~90 s)."""
+    p = make_project(tmp_path_factory.mktemp("phase16") / "proj")
+    out = p.snakemake("results/phase16/L0.done", "results/phase16/L1.done")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    made = p.snakemake("results/phase16/report.html")
+    assert made.returncode == 0, made.stderr[-3000:]
+    return p
+
+
+def test_phase16_report_answers_per_gpu_by_topology_in_chromium(phase16: Project, chromium) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = chromium
+    driver.get((phase16.root / "results/phase16/report.html").as_uri())
+    assert loaded_images(driver) == len(driver.find_elements(By.TAG_NAME, "img"))
+    plot = driver.find_element(By.CSS_SELECTOR, "#plot-throughput_per_gpu_by_topology + figure img")
+    assert plot.get_attribute("alt").startswith("Throughput per GPU by topology") and plot.get_property("naturalWidth") > 400
+    answer = driver.find_element(By.CSS_SELECTOR, "p.topology-answer").text
+    assert answer.startswith("At 4000 tok c=8, ") and "serves the most output tok/s per GPU" in answer
+    table = driver.find_element(By.CSS_SELECTOR, "table.topologies")
+    cells = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")] for tr in table.find_elements(By.CSS_SELECTOR, "tbody tr")]
+    configurations = {c[2] for c in cells}
+    assert configurations == {f"{b} {t}" for b in ("tcp", "efa") for t in ("1P1D", "1P2D", "2P1D", "2P2D")} | {
+        "unified 2 replicas", "unified 4 replicas"}
+    per_gpu = [float(c[4].split()[0]) for c in cells]
+    assert per_gpu == sorted(per_gpu, reverse=True) and cells[0][9] == "best"
+    assert answer.split(", ")[1].startswith(cells[0][2])  # the sentence names the table's first row
+    gpus = {c[2]: int(c[3]) for c in cells}
+    assert gpus["tcp 2P1D"] == 3 and gpus["efa 2P2D"] == 4 and gpus["unified 2 replicas"] == 2
+    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == [], errors
+    driver.execute_script("document.getElementById('topologies').scrollIntoView()")
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert driver.save_screenshot(str(ARTIFACTS / "report-phase16-topologies.png"))

@@ -136,6 +136,26 @@ def gpus_used(spec: dict[str, Any], roles: tuple[str, ...]) -> int:
     return sum(inst["tp_size"] for role in roles for inst in instances(spec, role))
 
 
+def topology_label(spec: dict[str, Any], roles: tuple[str, ...]) -> str:
+    """What people call the layout: `2P1D`, `1P1D tp2`, `2 replicas`, `1 replica tp4` (tp shown only above 1).
+
+    Given for every pattern, with or without a written topology, so a report can line up
+    today's 1P1D next to a 2P2D.
+    """
+    servers = {role: instances(spec, role) for role in roles}
+    tps = sorted({s["tp_size"] for group in servers.values() for s in group})
+    tp = "" if tps == [1] else " tp" + "/".join(str(servers[r][0]["tp_size"]) for r in roles) if len(tps) > 1 else f" tp{tps[0]}"
+    if roles == ("unified",):
+        n = len(servers["unified"])
+        return f"{n} replica{'s' if n > 1 else ''}{tp}"
+    return f"{len(servers['producer'])}P{len(servers['consumer'])}D{tp}"
+
+
+def server_count(spec: dict[str, Any], roles: tuple[str, ...]) -> int:
+    """How many vLLM servers the pattern starts (1 for today's unified, 2 for today's tcp/efa)."""
+    return sum(len(instances(spec, role)) for role in roles)
+
+
 def describe(spec: dict[str, Any], roles: tuple[str, ...]) -> dict[str, Any]:
     """The result's standardized description of what ran, per role."""
     out = {}

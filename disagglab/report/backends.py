@@ -148,12 +148,17 @@ class Best:
         return (win / best_other if higher_better else best_other / win) if win and best_other else None
 
 
-def _by_point(rows: list[Row]) -> dict[tuple[Any, ...], dict[str, Row]]:
-    """load point -> backend -> row (the first in plan order when a point repeats)."""
-    points: dict[tuple[Any, ...], dict[str, Row]] = {}
+PLAIN_TOPOLOGIES = frozenset({"1P1D", "1 replica"})
+"""Today's layout at tp 1: a report about only these needs no topology in its labels."""
+
+
+def _by_point(rows: list[Row]) -> dict[tuple[Any, ...], dict[str, list[Row]]]:
+    """load point -> backend -> its rows, one per topology (the first in plan order when a point repeats)."""
+    points: dict[tuple[Any, ...], dict[str, list[Row]]] = {}
     for row in rows:
-        key = tuple(row.get(k) for k in POINT_KEYS)
-        points.setdefault(key, {}).setdefault(row["backend"], row)
+        mine = points.setdefault(tuple(row.get(k) for k in POINT_KEYS), {}).setdefault(row["backend"], [])
+        if all(r["topology"] != row["topology"] for r in mine):
+            mine.append(row)
     return points
 
 
@@ -161,23 +166,42 @@ def _sort_point(key: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple((v is None, str(v) if not isinstance(v, int | float) else v) for v in key)
 
 
+def _baseline(treatment: Row, candidates: list[Row], disaggregated: bool) -> Row | None:
+    """What a treatment row is compared with at its load point.
+
+    efa vs tcp compares one topology with the same topology (2P1D with 2P1D): only the KV path
+    differs. Against unified, the baseline is the replica count with the same GPUs when the plan
+    has one (2P2D with 4 replicas), otherwise the first in plan order (today's plans: the only one).
+    """
+    if disaggregated:
+        return next((c for c in candidates if c["topology"] == treatment["topology"]), None)
+    return next((c for c in candidates if c["gpus_used"] == treatment["gpus_used"]), candidates[0] if candidates else None)
+
+
+def _ratios(t: Row, b: Row) -> dict[str, Ratio]:
+    ratios = {}
+    for metric in COMPARED:
+        tv, bv = number(t.get(metric)), number(b.get(metric))
+        if tv is not None and bv is not None and tv > 0 and bv > 0:
+            ratios[metric] = Ratio(metric, bv, tv, interval(b, metric), interval(t, metric))
+    return ratios
+
+
 def pair_summaries(rows: list[Row]) -> list[PairSummary]:
     """For efa vs tcp, efa vs unified and tcp vs unified: every shared load point, with ratios."""
-    points = _by_point(usable(rows))
+    ok = usable(rows)
+    points = _by_point(ok)
+    named = any(r["topology"] not in PLAIN_TOPOLOGIES for r in ok)
     out = []
     for treatment, baseline in PAIRS:
         found = []
         for key in sorted(points, key=_sort_point):
-            by_backend = points[key]
-            if treatment not in by_backend or baseline not in by_backend:
-                continue
-            t, b = by_backend[treatment], by_backend[baseline]
-            ratios = {}
-            for metric in COMPARED:
-                tv, bv = number(t.get(metric)), number(b.get(metric))
-                if tv is not None and bv is not None and tv > 0 and bv > 0:
-                    ratios[metric] = Ratio(metric, bv, tv, interval(b, metric), interval(t, metric))
-            found.append(PairPoint(point_label(t), t["pattern_id"], b["pattern_id"], ratios))
+            for t in points[key].get(treatment, []):
+                b = _baseline(t, points[key].get(baseline, []), baseline != "unified")
+                if b is None:
+                    continue
+                label = point_label(t) + (f" {t['topology']} vs {b['topology']}" if named else "")
+                found.append(PairPoint(label, t["pattern_id"], b["pattern_id"], _ratios(t, b)))
         out.append(PairSummary(treatment, baseline, tuple(found)))
     return out
 
@@ -223,7 +247,8 @@ def best_throughput_per_gpu(rows: list[Row]) -> list[Best]:
         for r in at:
             v = float(r["output_throughput_per_gpu"])
             if r["backend"] not in values or v > values[r["backend"]][0]:
-                values[r["backend"]] = (v, f"c={r['concurrency']}")
+                where = f"c={r['concurrency']}" + ("" if r["topology"] in PLAIN_TOPOLOGIES else f" {r['topology']}")
+                values[r["backend"]] = (v, where)
                 cis[r["backend"]] = interval(r, "output_throughput_per_gpu")
         out.append(Best(tokens, var, "output_throughput_per_gpu", _pick(values, True), values, intervals=cis))
     return out

@@ -35,6 +35,7 @@ from disagglab.report.backends import (
 )
 from disagglab.report.plots import PLOT_NAMES, SIM_BANNER, Plot, make_plots
 from disagglab.report.rows import Row, collect_rows, interval, number, rows_to_csv
+from disagglab.report.topologies import Ranking, answer, configuration, topology_rankings
 
 __all__ = ["PLOT_NAMES", "SIM_BANNER", "collect_rows", "write_report", "write_summary"]
 
@@ -88,6 +89,8 @@ class Context:
     best_ttft: Table
     best_tput: Table
     speedups: Table
+    topology_answers: list[str]
+    topologies: Table
     method: list[str]
     figures: list[FigureView]
     layers: list[LayerView]
@@ -165,6 +168,31 @@ def _speedup_table(pairs: list[PairSummary]) -> Table:
     return Table(cols, tuple(rows), (False, False, True, True, True, True, False))
 
 
+TOPOLOGY_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("out tok/s/GPU", "output_throughput_per_gpu", ""), ("total tok/s/GPU", "total_token_throughput_per_gpu", ""),
+    ("req/s/GPU", "request_throughput_per_gpu", ""), ("TTFT p50", "median_ttft_ms", "ms"), ("TPOT p50", "median_tpot_ms", "ms"),
+)
+
+
+def _share(ranking: Ranking, row: Row) -> str:
+    """'best', or '0.83x of best' with what the 95% intervals say."""
+    if row is ranking.best:
+        return "best"
+    sig = {None: "", True: " (significant)", False: " (95% CIs overlap)"}[ranking.significant(row)]
+    return f"{ranking.share_of_best(row):.2f}x of best{sig}"
+
+
+def _topology_table(rankings: list[Ranking]) -> Table:
+    cols = ("load point", "rank", "configuration", "GPUs", *(h for h, _, _ in TOPOLOGY_COLUMNS), "vs best", "pattern")
+    out = []
+    for ranking in rankings:
+        for i, r in enumerate(ranking.entries, 1):
+            metrics = [_with_interval(r, key, unit) for _, key, unit in TOPOLOGY_COLUMNS]
+            out.append((ranking.point, str(i), configuration(r), str(r["gpus_used"]), *metrics, _share(ranking, r), r["pattern_id"]))
+    numeric = (False, True, False, True, *(True for _ in TOPOLOGY_COLUMNS), True, False)
+    return Table(cols, tuple(out), numeric)
+
+
 def _failure(row: Row) -> str:
     """'step bench on node2: <cause>', or the cause alone when the record could not be read."""
     if row.get("failure_step") is None:
@@ -207,15 +235,15 @@ def _with_interval(row: Row, key: str, unit: str) -> str:
 
 
 def _layer_table(rows: list[Row]) -> Table:
-    cols = ("pattern", "backend", "prompt", "c", "trials", "status", "validity", *(h for h, _, _ in LAYER_COLUMNS), "note")
+    cols = ("pattern", "backend", "topology", "prompt", "c", "trials", "status", "validity", *(h for h, _, _ in LAYER_COLUMNS), "note")
     out = []
     for r in rows:
         gpus = str(r["gpus_used"]) if r.get("gpus_used") is not None else "-"
         metrics = [gpus if key == "gpus_used" else _with_interval(r, key, unit) for _, key, unit in LAYER_COLUMNS]
         load = str(r["concurrency"]) + (f" @ {r['request_rate']:g}/s" if r.get("request_rate") else "")
         trials = str(r["repeats"]) if r.get("repeats") else "-"
-        out.append((r["pattern_id"], r["backend"], str(r["prompt_tokens"]), load, trials, r["status"], r["validity"] or "-", *metrics, _note(r)))
-    numeric = (False, False, True, True, True, False, False, *(True for _ in LAYER_COLUMNS), False)
+        out.append((r["pattern_id"], r["backend"], r["topology"], str(r["prompt_tokens"]), load, trials, r["status"], r["validity"] or "-", *metrics, _note(r)))
+    numeric = (False, False, False, True, True, True, False, False, *(True for _ in LAYER_COLUMNS), False)
     return Table(cols, tuple(out), numeric)
 
 
@@ -263,6 +291,7 @@ def build_context(plan: Plan, rows: list[Row], plots: list[Plot], plots_dir: Pat
     simulated = any(r.get("simulated") for r in done)
     engines = sorted({str(r["engine"]) for r in done if r.get("engine")})
     pairs = pair_summaries(rows)
+    rankings = topology_rankings(rows)
     backends = _backends_present(rows)
     infra = plan.infrastructure
     facts = [
@@ -274,8 +303,10 @@ def build_context(plan: Plan, rows: list[Row], plots: list[Plot], plots_dir: Pat
         "Backends are compared only at the same load point: every effective parameter equal except the backend.",
         "Only valid results measured with the plan's current parameters are compared or plotted; an invalid one (e.g. "
         "the decode server re-prefilled instead of receiving KV) or a stale one is listed below with its reason.",
-        "Per-GPU throughput divides by every GPU the pattern used: tp_size x roles, so prefill + decode for tcp/efa "
-        "and one server for unified.",
+        "Per-GPU throughput divides by every GPU the pattern used: every server's tp_size, so all prefill and decode "
+        "servers for tcp/efa and every replica for unified.",
+        "With topologies, efa vs tcp compares the same layout (2P1D with 2P1D); against unified, the baseline is the "
+        "replica count with the same GPUs where the plan has one, otherwise the plan's first unified pattern at that load point.",
         "A speedup > 1.00x means the treatment is better: baseline / treatment for latencies, treatment / baseline "
         "for throughput. Speedup cells read 'speedup (baseline value -> treatment value)'.",
         "Patterns with repeats >= 2 show the mean over trials with the half-width of its 95% Student t confidence "
@@ -300,6 +331,9 @@ def build_context(plan: Plan, rows: list[Row], plots: list[Plot], plots_dir: Pat
         best_ttft=_best_table(best_ttft(rows), backends, "ms", True),
         best_tput=_best_table(best_throughput_per_gpu(rows), backends, "", False),
         speedups=_speedup_table(pairs),
+        topology_answers=[answer(k) for k in rankings] or [
+            "No load point in this plan compares topologies with valid results: every pattern runs 1P1D or one unified server."],
+        topologies=_topology_table(rankings),
         method=method,
         figures=_figures(plots, plots_dir, md_dir),
         layers=layers,
@@ -341,6 +375,8 @@ def render_markdown(ctx: Context) -> str:
     out += ["### Best backend per prompt length: TTFT p50 at the lowest concurrency", "", *_md_table(ctx.best_ttft)]
     out += ["### Best backend per prompt length: output tok/s per GPU (best load measured)", "", *_md_table(ctx.best_tput)]
     out += ["### Speedups at each shared load point", "", *_md_table(ctx.speedups)]
+    out += ["### Per-GPU throughput by topology", "", *(f"- {a}" for a in ctx.topology_answers), *([""] if ctx.topology_answers else [])]
+    out += _md_table(ctx.topologies)
     out += ["### How to read this", ""] + [f"- {m}" for m in ctx.method] + [""]
     out += ["## Plots", "", *banner]
     for f in ctx.figures:

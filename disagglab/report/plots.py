@@ -1,7 +1,7 @@
 """The report's figures: latency and throughput against load and prompt length, by backend.
 
 These are the plots the peer study found in every good serving report (latency vs load,
-TTFT vs input length, per-GPU throughput vs per-user speed). Each is drawn from the summary
+TTFT vs input length, per-GPU throughput vs per-user speed), and per-GPU throughput by topology. Each is drawn from the summary
 rows with matplotlib's object API on the Agg canvas: no pyplot state, no display, and the
 same rows give the same PNG bytes (no timestamp in the file). A plot without data is not
 drawn; it says why instead, so nobody reads an empty frame as "zero".
@@ -19,6 +19,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from disagglab.plan.model import BACKENDS
 from disagglab.report.rows import Row, comparable, interval, number, variant
+from disagglab.report.topologies import RANKED_BY, Ranking, configuration, topology_rankings
 
 SIM_BANNER = "SIMULATED (vLLM stand-in, not real GPU measurements)"
 COLORS = {"unified": "#4d4d4d", "tcp": "#1f77b4", "efa": "#d62728"}
@@ -249,6 +250,34 @@ def _pareto(rows: list[Row], title: str, simulated: bool) -> bytes | None:
     return _render(fig)
 
 
+def _topology_bars(rankings: list[Ranking], title: str, simulated: bool) -> bytes | None:
+    """One panel per load point: a horizontal bar per configuration, best on top, with its 95% interval."""
+    if not rankings:
+        return None
+    heights = [0.45 * len(k.entries) + 1.0 for k in rankings]
+    fig = Figure(figsize=(8.0, sum(heights) + 1.2), layout="constrained")
+    axes = fig.subplots(len(rankings), 1, squeeze=False, gridspec_kw={"height_ratios": heights})
+    for ax, ranking in zip((a[0] for a in axes), rankings):
+        entries = list(reversed(ranking.entries))  # barh draws bottom-up: best on top
+        values = [float(r[RANKED_BY]) for r in entries]
+        cis = [interval(r, RANKED_BY) for r in entries]
+        yerr = None
+        if any(cis):
+            yerr = [[v - c[0] if c else 0.0 for v, c in zip(values, cis)], [c[1] - v if c else 0.0 for v, c in zip(values, cis)]]
+        ax.barh(range(len(entries)), values, xerr=yerr, capsize=3 if yerr else 0,
+                color=[COLORS.get(r["backend"], "#888888") for r in entries])
+        ax.set_yticks(range(len(entries)))
+        ax.set_yticklabels([f"{configuration(r)} ({r['gpus_used']} GPUs)" for r in entries], fontsize=8)
+        for i, v in enumerate(values):
+            ax.annotate(f"{v:.0f}", (v, i), textcoords="offset points", xytext=(4, -3), fontsize=7)
+        ax.set_title(ranking.point, fontsize=9)
+        ax.set_xlim(0, max(values) * 1.18)
+        ax.grid(True, axis="x", alpha=0.3)
+    axes[-1][0].set_xlabel("output tok/s per GPU (all GPUs of the configuration)")
+    _suptitle(fig, title, simulated)
+    return _render(fig)
+
+
 def _plot(name: str, title: str, caption: str, png: bytes | None, empty: str, simulated: bool) -> Plot:
     """Title, caption and alt text all say SIMULATED when the report holds a simulated result."""
     banner = f" {SIM_BANNER}." if simulated else ""
@@ -296,6 +325,12 @@ def make_plots(rows: list[Row], simulated: bool) -> list[Plot]:
               "(labelled prompt tokens and concurrency). Up and right is better.",
               _pareto(valid, "Throughput per GPU vs speed per user", simulated),
               "No valid result yet, so there is no throughput/speed trade-off to draw.", simulated),
+        _plot("throughput_per_gpu_by_topology", "Throughput per GPU by topology",
+              "Output tok/s per GPU of every configuration (backend and prefill x decode servers, or unified replicas) "
+              "at each load point that compares layouts, best on top; colour is the backend.",
+              _topology_bars(topology_rankings(rows), "Throughput per GPU by topology", simulated),
+              "No load point in this plan compares topologies with valid results (every pattern runs 1P1D or one "
+              "unified server), so there is no per-GPU comparison by topology to draw.", simulated),
         _plot("latency_vs_request_rate", "Latency vs request rate (open loop)",
               "TTFT p50 (top) and E2E latency p50 (bottom) against the offered request rate, for open-loop patterns.",
               _line_grid(open_loop, "request_rate", "offered request rate (req/s)", ["median_ttft_ms", "median_e2el_ms"],
@@ -307,4 +342,5 @@ def make_plots(rows: list[Row], simulated: bool) -> list[Plot]:
 
 
 PLOT_NAMES = ("ttft_vs_prompt_tokens", "ttft_vs_concurrency", "e2el_vs_concurrency", "throughput_vs_concurrency",
-              "itl_tpot_by_backend", "throughput_per_gpu_vs_user", "latency_vs_request_rate")
+              "itl_tpot_by_backend", "throughput_per_gpu_vs_user", "throughput_per_gpu_by_topology",
+              "latency_vs_request_rate")

@@ -19,13 +19,13 @@ from typing import Any
 
 from disagglab.paths import PhaseLayout
 from disagglab.plan.model import Pattern, Plan
-from disagglab.plan.topology import gpus_used
+from disagglab.plan.topology import gpus_used, server_count, topology_label
 from disagglab.results.read import latest_acceptance_note
 from disagglab.results.status import pattern_state
 
 # Effective parameters, from the plan (the plan is what the report is about).
 PARAM_COLUMNS = (
-    "layer", "pattern_id", "backend", "prompt_tokens", "concurrency", "max_tokens", "measurement_type", "request_rate",
+    "layer", "pattern_id", "backend", "topology", "servers", "prompt_tokens", "concurrency", "max_tokens", "measurement_type", "request_rate",
     "prefix_cache", "gpu_memory_utilization", "max_num_batched_tokens", "max_model_len", "tp_size", "model",
 )
 STATE_COLUMNS = (
@@ -84,6 +84,7 @@ def _params(pattern: Pattern) -> Row:
     infra = spec["infrastructure"]
     return {
         "layer": pattern.layer, "pattern_id": pattern.id, "backend": pattern.backend,
+        "topology": topology_label(spec, pattern.roles), "servers": server_count(spec, pattern.roles),
         "prompt_tokens": spec["prompt_tokens"], "concurrency": spec["concurrency"], "max_tokens": spec["max_tokens"],
         "measurement_type": spec["measurement_type"], "request_rate": spec.get("request_rate"),
         "prefix_cache": spec["prefix_cache"], "gpu_memory_utilization": spec["gpu_memory_utilization"],
