@@ -106,3 +106,14 @@ def test_unified_replicas_share_the_requests_behind_the_proxy(ran) -> None:
     (ledger,) = (project.root / "results/.local/nodes/node1").glob(f"{PHASE}/runs/{REPLICAS}/procs.json")
     names = sorted(e["name"] for e in json.loads(ledger.read_text()))
     assert names == ["benchmark", "proxy", "unified", "unified-1"], names
+
+
+def test_both_decode_servers_of_node2_booked_their_kv_transfers_on_one_shared_link(ran) -> None:
+    project, _ = ran
+    nodes = project.root / "results/.local/nodes"
+    link = nodes / f"node2/{PHASE}/runs/{CLEAN}/sim-node-link"
+    boot, free_at = link.read_text().split()
+    assert boot == open("/proc/sys/kernel/random/boot_id").read().strip() and float(free_at) > 0
+    assert not (nodes / f"node1/{PHASE}/runs/{CLEAN}/sim-node-link").exists()  # producers send; the receiving node books
+    logs = [(nodes / f"node2/{PHASE}/runs/{CLEAN}/logs/{name}.log").read_text() for name in ("consumer", "consumer-1")]
+    assert all("Simulation timing profile" in text for text in logs)

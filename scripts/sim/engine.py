@@ -173,7 +173,7 @@ class Engine:
     async def _prefill(self, req: SimRequest, clock: float) -> float:
         """Run one prefill step (which also samples the first token); return the step's end time."""
         cached = self._prefix_hit_tokens(req)
-        duration = self.profile.prefill_s(req.prompt_tokens - cached)
+        duration = self.profile.prefill_s(req.prompt_tokens - cached, self.cfg.tensor_parallel_size)
         req.t_scheduled = clock
         req.cached_tokens = cached
         req.prefill_s = duration
@@ -204,7 +204,7 @@ class Engine:
 
     async def _decode(self, clock: float) -> float:
         """Run one decode step: every running sequence gains one token at the step's end."""
-        end = clock + self.profile.decode_step_s(len(self.running))
+        end = clock + self.profile.decode_step_s(len(self.running), self.cfg.tensor_parallel_size)
         await self._sleep_until(end)
         still: list[SimRequest] = []
         emitted = 0

@@ -19,6 +19,7 @@ from .config import KVConfig, ServeConfig
 from .engine import SimRequest
 from .errors import TIMEOUT_ERRORS
 from .metrics import Stats
+from .node_link import NodeLink
 
 LOG = logging.getLogger("vllm_sim")
 
@@ -47,7 +48,7 @@ class KVTransfer:
         self.leases: dict[str, Lease] = {}
         self.expired_ids: OrderedDict[str, None] = OrderedDict()
         self._next_block = 0
-        self._link_free_at = 0.0
+        self.link = NodeLink.from_env()
         self.server: asyncio.AbstractServer | None = None
 
     # ---- producer side
@@ -248,9 +249,7 @@ class KVTransfer:
         overhead = profile.transfer_overhead_ms[transport] / 1000.0 * profile.time_scale
         wire = nbytes * 8 / (profile.bandwidth_gbps[transport] * 1e9) * profile.time_scale
         now = loop.time()
-        wire_start = max(now + overhead, self._link_free_at)
-        done = wire_start + wire
-        self._link_free_at = done
+        done = self.link.reserve(now + overhead, wire)  # the node's link: shared with its other servers
         await asyncio.sleep(max(done - loop.time(), 0))
         xfer_s = done - now
         self.stats.xfer_time.observe(xfer_s)

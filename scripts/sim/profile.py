@@ -28,18 +28,29 @@ class Profile:
     kv_bytes_per_token: int = 57344
     bandwidth_gbps: dict[str, float] = field(default_factory=lambda: {"tcp": 10.0, "efa": 100.0})
     transfer_overhead_ms: dict[str, float] = field(default_factory=lambda: {"tcp": 2.0, "efa": 0.3})
+    tp_efficiency: float = 0.9
     kv_lease_s: float = 30.0
     default_max_model_len: int = 32768
     time_scale: float = 1.0
 
-    def prefill_s(self, tokens: int) -> float:
-        """Simulated seconds for one prefill step computing ``tokens`` tokens."""
-        return (self.prefill_overhead_ms / 1000.0 + tokens / self.prefill_tokens_per_s) * self.time_scale
+    def tp_speedup(self, tp_size: int) -> float:
+        """How much faster a server on ``tp_size`` GPUs computes than one on a single GPU.
 
-    def decode_step_s(self, n_running: int) -> float:
-        """Simulated seconds for one decode step over ``n_running`` sequences."""
+        The profile's rates are per GPU; each doubling of the GPUs keeps ``tp_efficiency`` of
+        the ideal gain (all-reduce costs), so a tp2 server is 1.8x a tp1 one at 0.9 and a
+        per-GPU comparison of tp1 and tp2 layouts is not skewed by a server that ignores its GPUs.
+        """
+        return tp_size * self.tp_efficiency ** math.log2(tp_size) if tp_size > 1 else 1.0
+
+    def prefill_s(self, tokens: int, tp_size: int = 1) -> float:
+        """Simulated seconds for one prefill step computing ``tokens`` tokens on ``tp_size`` GPUs."""
+        compute = tokens / self.prefill_tokens_per_s / self.tp_speedup(tp_size)
+        return (self.prefill_overhead_ms / 1000.0 + compute) * self.time_scale
+
+    def decode_step_s(self, n_running: int, tp_size: int = 1) -> float:
+        """Simulated seconds for one decode step over ``n_running`` sequences on ``tp_size`` GPUs."""
         factor = 1.0 + self.decode_batch_slowdown * max(n_running - 1, 0)
-        return self.decode_ms_per_step / 1000.0 * factor * self.time_scale
+        return self.decode_ms_per_step / 1000.0 * factor / self.tp_speedup(tp_size) * self.time_scale
 
 
 def _number(key: str, value: Any, *, positive: bool, integer: bool = False) -> float:
@@ -55,6 +66,7 @@ def _number(key: str, value: Any, *, positive: bool, integer: bool = False) -> f
 
 _POSITIVE_KEYS = {
     "prefill_tokens_per_s",
+    "tp_efficiency",
     "kv_bytes_per_token",
     "default_max_model_len",
     "kv_lease_s",
@@ -104,4 +116,6 @@ def parse_profile(text: str | None) -> Profile:
                     integer=key in _INTEGER_KEYS,
                 ),
             )
+    if profile.tp_efficiency > 1:
+        raise ConfigError(f"--profile-json: tp_efficiency must be <= 1 (a share of the ideal gain), got {profile.tp_efficiency!r}")
     return profile
