@@ -54,7 +54,7 @@ def _serve_parser() -> argparse.ArgumentParser:
 
 
 def parse_cli(argv: list[str], env: dict[str, str]) -> ServeConfig:
-    """Parse ``[--profile-json J] serve MODEL [flags]`` into a ServeConfig."""
+    """Parse ``[--profile-json J] [--node-link F] serve MODEL [flags]`` into a ServeConfig."""
     top = argparse.ArgumentParser(prog="vllm_sim.py", allow_abbrev=False)
     top.add_argument("--profile-json", default=None, help="timing profile (JSON object or @file)")
     top.add_argument(
@@ -63,11 +63,12 @@ def parse_cli(argv: list[str], env: dict[str, str]) -> ServeConfig:
         default=TRACE_MAX_REQUESTS,
         help="requests kept in the ground-truth trace at GET /sim/trace (0: off)",
     )
+    top.add_argument("--node-link", default=None, help="file the node's stand-ins share as one network link (KV transfers)")
     top.add_argument("command", choices=["serve"])
     top.add_argument("rest", nargs=argparse.REMAINDER)
     ns = top.parse_args(argv)
     rest: list[str] = list(ns.rest)
-    for flag in ("--profile-json", "--trace-max-requests"):
+    for flag in ("--profile-json", "--trace-max-requests", "--node-link"):
         if any(a == flag or a.startswith(flag + "=") for a in rest):
             raise ConfigError(f"{flag} must come before 'serve'")
     if ns.trace_max_requests < 0:
@@ -115,6 +116,7 @@ def parse_cli(argv: list[str], env: dict[str, str]) -> ServeConfig:
         side_port=side_port,
         transport=pick_transport(kv, env),
         trace_max_requests=ns.trace_max_requests,
+        node_link=ns.node_link,
     )
 
 
@@ -134,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.ignored:
         LOG.info("Ignoring flags not simulated: %s", " ".join(cfg.ignored))
     LOG.info("Simulation timing profile: %s", json.dumps(asdict(cfg.profile), sort_keys=True))
+    LOG.info("KV link: %s", f"shared by the node's stand-ins through {cfg.node_link}" if cfg.node_link else "this process's own")
     LOG.info(
         "vllm serve (sim) model=%s served_model_name=%s tp=%d max_model_len=%d block_size=%d "
         "prefix_caching=%s max_num_seqs=%d max_num_batched_tokens=%s gpu_memory_utilization=%s seed=%s",

@@ -81,7 +81,10 @@ def engine_block(cfg: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     infra = spec["infrastructure"]
     if cfg["engine"] == "sim":
         profile = json.dumps(sim_profile(cfg, infra["model"]), sort_keys=True, separators=(",", ":"))
-        return {"name": "sim", "executable": ["${python}", "${node_dir}/scripts/vllm_sim.py", "--profile-json", profile]}
+        executable = ["${python}", "${node_dir}/scripts/vllm_sim.py", "--profile-json", profile]
+        if "topology" in spec:  # several servers per node share its link; today's one-per-node tasks stay as they were
+            executable += ["--node-link", "${node_dir}/sim-node-link"]
+        return {"name": "sim", "executable": executable}
     return {"name": "vllm", "executable": [f"{infra['venv_path'].rstrip('/')}/bin/vllm"]}
 
 

@@ -30,8 +30,6 @@ def step_start(args: argparse.Namespace) -> dict[str, Any]:
         env = bind(server.get("env", {}), bindings)
         if server["name"] in faults:
             env["DISAGG_SIM_FAULT"] = faults[server["name"]]
-        if task.get("engine") == "sim":  # the node's servers share one simulated network link
-            env["DISAGG_SIM_NODE_LINK"] = str(run_dir / "sim-node-link")
         started.append((server, spawn(server["name"], argv, env, run_dir, ledger)))
     ready = {}
     for server, proc in started:

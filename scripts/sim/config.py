@@ -55,6 +55,8 @@ class ServeConfig:
     side_port: int
     transport: str
     trace_max_requests: int = TRACE_MAX_REQUESTS
+    node_link: str | None = None
+    """the node's shared link file (--node-link); None: the process's own link"""
 
 
 def human_int(text: str) -> int:

@@ -13,6 +13,7 @@ import logging
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .config import KVConfig, ServeConfig
@@ -48,7 +49,7 @@ class KVTransfer:
         self.leases: dict[str, Lease] = {}
         self.expired_ids: OrderedDict[str, None] = OrderedDict()
         self._next_block = 0
-        self.link = NodeLink.from_env()
+        self.link = NodeLink(Path(cfg.node_link) if cfg.node_link else None)
         self.server: asyncio.AbstractServer | None = None
 
     # ---- producer side

@@ -3,10 +3,10 @@
 A real node has one NIC (or one set of EFA devices): two decode servers on it pulling KV at the
 same time share its bandwidth. Each stand-in is its own process, so the link's state (when it is
 next free, on the machine-wide monotonic clock that asyncio's loop.time() reads) lives in a
-small file that the node runner names in DISAGG_SIM_NODE_LINK (one per node and trial), and is
+small file the task names with `--node-link ${node_dir}/sim-node-link` (one per node), and is
 read and advanced under an exclusive flock: transfers queue on the link in the order they
-reach it, whichever server they belong to. Without the variable (a stand-in started by hand)
-the link is the process's own, as before. The file names the boot it was written in:
+reach it, whichever server they belong to. Without the flag (a stand-in started by hand) the
+link is the process's own, as before. The file names the boot it was written in:
 the monotonic clock restarts with the machine, so a value from an earlier boot is ignored.
 """
 
@@ -15,8 +15,6 @@ from __future__ import annotations
 import fcntl
 import os
 from pathlib import Path
-
-ENV = "DISAGG_SIM_NODE_LINK"
 
 
 def _boot_id() -> str:
@@ -33,11 +31,6 @@ class NodeLink:
         self.path = path
         self.boot = _boot_id()
         self._free_at = 0.0  # the process's own link (no file)
-
-    @classmethod
-    def from_env(cls) -> NodeLink:
-        value = os.environ.get(ENV, "")
-        return cls(Path(value) if value else None)
 
     def reserve(self, earliest: float, wire_s: float) -> float:
         """Book `wire_s` seconds starting no earlier than `earliest` (monotonic); return when it ends."""
