@@ -1,6 +1,6 @@
 """Real vLLM (CPU build) through the whole pipeline on this machine: one unified and one tcp
-pattern of a tiny plan, with `--config engine=vllm`, the same templates, runner, proxy and
-benchmark as everywhere else.
+pattern of a tiny plan, and a 2 prefill x 1 decode tcp topology, with `--config engine=vllm`,
+the same templates, runner, proxy and benchmark as everywhere else.
 
 Marker `vllm_cpu`: deselected by default (pyproject addopts), run with `make test-vllm` or
 `.venv/bin/python -m pytest -m vllm_cpu tests/test_local_vllm_slow.py`. It needs
@@ -22,6 +22,7 @@ pytestmark = pytest.mark.vllm_cpu
 VENV = ROOT / ".venv-vllm"
 MODEL = ROOT / ".models" / "tiny-llama"
 MEASURED = 4
+TOPOLOGY_ID = "p90-tcp-64-c2-2p1d"
 PLAN = {
     "phase": 90,
     "name": "real vLLM on CPU",
@@ -34,7 +35,10 @@ PLAN = {
                         "measurement_type": "online", "prefix_cache": False},
     "layers": [{"id": "L0", "name": "one of each", "priority": "P0", "description": "unified and tcp",
                 "patterns": [{"id": "p90-unified-64-c1", "backend": "unified", "prompt_tokens": 64, "concurrency": 1},
-                             {"id": "p90-tcp-64-c1", "backend": "tcp", "prompt_tokens": 64, "concurrency": 1}]}],
+                             {"id": "p90-tcp-64-c1", "backend": "tcp", "prompt_tokens": 64, "concurrency": 1}]},
+               {"id": "L1", "name": "2P1D", "priority": "P1", "description": "two prefill servers, one decode server",
+                "patterns": [{"id": TOPOLOGY_ID, "backend": "tcp", "prompt_tokens": 64, "concurrency": 2,
+                              "prefill": {"instances": 2, "tp_size": 1}, "decode": {"instances": 1, "tp_size": 1}}]}],
 }
 
 
@@ -82,6 +86,26 @@ def test_unified_and_tcp_with_real_vllm(vllm_project: Project) -> None:
         # Servers of ~3 GB each: none may outlive the run, whatever failed above.
         assert entries, "the node runners recorded no process"
         assert {e["name"] for e in entries} >= {"unified", "producer", "consumer", "proxy", "benchmark"}
+        assert alive_groups(entries) == [], [(e["name"], live_group_members(e["pgid"])) for e in alive_groups(entries)]
+
+
+def test_two_prefill_servers_and_one_decode_server_with_real_vllm(vllm_project: Project) -> None:
+    """2P1D: three real vLLM servers, the proxy spreading prefills over both, KV over NIXL for every request."""
+    out = vllm_project.snakemake(f"results/phase90/runs/{TOPOLOGY_ID}.json", "--config", "engine=vllm", timeout=1500)
+    entries = ledger_entries(vllm_project.root)
+    try:
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:] + _failures(vllm_project)
+        result = vllm_project.result("phase90", TOPOLOGY_ID)
+        assert result["engine"] == "vllm" and result["simulated"] is False
+        assert result["completed"] == MEASURED and result["failed"] == 0 and result["validity"]["valid"], result["validity"]
+        roles = result["description"]["roles"]
+        assert (roles["producer"]["instances"], roles["consumer"]["instances"], result["description"]["gpus_used"]) == (2, 1, 3)
+        kv = result["kv_transfer"]
+        assert kv["valid"] and kv["transfers"] >= result["completed"] and kv["failed_transfers"] == 0, kv
+        print(f"{TOPOLOGY_ID}: healthy after {_healthy(result)}, mean TTFT {result['mean_ttft_ms']:.1f} ms, KV {kv['reason']}")
+    finally:
+        names = [e["name"] for e in entries]
+        assert {"producer", "producer-1", "consumer", "proxy", "benchmark"} <= set(names), names
         assert alive_groups(entries) == [], [(e["name"], live_group_members(e["pgid"])) for e in alive_groups(entries)]
 
 
