@@ -23,6 +23,7 @@ from disagglab.plan.bounds import in_flight_problems
 from disagglab.plan.jsonpath import format_path, written_patterns
 from disagglab.plan.schema import schema_problems, strict_validator
 from disagglab.plan.topology import plan_topology, topology_problems
+from disagglab.plan.workload import plan_workload, workload_problems
 
 BACKENDS = ("unified", "tcp", "efa")
 DISAGGREGATED = ("tcp", "efa")
@@ -69,6 +70,11 @@ class Pattern:
         """P/D pairs always go through the proxy; unified only when it has replicas to spread over."""
         topology = self.spec.get("topology") or {}
         return self.disaggregated or topology.get("unified", {}).get("instances", 1) > 1
+
+    @property
+    def workload_kind(self) -> str:
+        """random (the default: unique prompts, no prefix ever shared) or the plan's workload kind."""
+        return (self.spec.get("workload") or {"kind": "random"})["kind"]
 
 
 @dataclass(frozen=True)
@@ -207,7 +213,7 @@ def _cross_field_problems(doc: dict[str, Any], file: str, stem: str) -> list[Pro
             add([*here, "max_model_len"], f"{pat['max_model_len']} is less than prompt_tokens + max_tokens = {need}")
     if any_disagg and infra["node_count"] < 2:
         add(["infrastructure", "node_count"], f"node_count {infra['node_count']} < 2 but the plan has tcp/efa patterns (prefill and decode need two nodes)")
-    return problems + topology_problems(doc, file) + in_flight_problems(doc, file)
+    return problems + topology_problems(doc, file) + workload_problems(doc, file) + in_flight_problems(doc, file)
 
 
 def checked_document(doc: Any, file: str, stem: str) -> tuple[Any, dict[tuple[int, int], sweep.Origin], list[Problem]]:
@@ -274,6 +280,9 @@ def effective_spec(doc: dict[str, Any], pattern: dict[str, Any]) -> dict[str, An
     topology = plan_topology(pattern, pattern["backend"], doc["infrastructure"]["tp_size"])
     if topology is not None:  # absent by default: today's plans keep their spec and their tasks
         spec["topology"] = topology
+    workload = plan_workload(pattern, doc["common_settings"])
+    if workload is not None:  # likewise: absent for the default random prompts
+        spec["workload"] = workload
     return spec
 
 

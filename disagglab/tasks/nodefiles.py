@@ -23,6 +23,8 @@ ONLY_FOR: dict[str, Callable[[Pattern, str], bool]] = {
     "scripts/sim/": lambda p, engine: engine == "sim",
     "remote/nixl_preflight.py": lambda p, engine: p.disaggregated,
     "remote/preflight/": lambda p, engine: p.disaggregated,
+    "scripts/benchmark_workload.py": lambda p, engine: p.workload_kind != "random",
+    "scripts/bench_client/workloads/": lambda p, engine: p.workload_kind != "random",
 }
 
 
