@@ -22,6 +22,7 @@ from disagglab.plan import local_vllm
 from disagglab.plan.topology import describe, gpus_used
 from disagglab.results.failure import SCHEMA_VERSION, iso, trial_failure, write_failure
 from disagglab.results.outcome import TrialOutcome
+from disagglab.results.prefix_cache import prefix_cache_check
 from disagglab.tasks.nodefiles import files_for_pattern, node_file_digests
 
 __all__ = ["SCHEMA_VERSION", "build_result", "git_revision", "instance_kv_evidence", "kv_evidence", "layer_marker", "per_gpu",
@@ -173,6 +174,8 @@ def build_result(outcome: TrialOutcome) -> dict[str, Any]:
     infra = local_vllm.effective_spec(outcome.cfg, outcome.pattern.spec)["infrastructure"]
     engine = outcome.cfg["engine"]
     reasons = [] if evidence["valid"] else [evidence["reason"]]
+    if "workload" in bench:  # only the workload client reports one
+        bench["workload"] = {**bench["workload"], "prefix_cache": prefix_cache_check(bench["workload"], bool(outcome.pattern.spec["prefix_cache"]))}
     return {
         "schema_version": SCHEMA_VERSION,
         "phase": outcome.phase,
