@@ -2,8 +2,9 @@
 """The benchmark client for a pattern with a workload (plan `workload`, docs/workloads.md).
 
 Takes every option of benchmark_common.py, plus ``--workload-json`` (the plan's workload
-object) and ``--metrics-url`` (once per server that prefills, whose prefix-cache counters
-are read before the warmup and after the measured phase). The result is the default
+object), ``--workload-file`` (a trace workload's deployed trace, checked against the sha256
+in the workload) and ``--metrics-url`` (once per server that prefills, whose prefix-cache
+counters are read before the warmup and after the measured phase). The result is the default
 client's, with a ``workload`` block: the workload, its expected prefix-cache hit rate and
 the rate the servers measured.
 """
@@ -11,6 +12,7 @@ the rate the servers measured.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import sys
@@ -25,10 +27,11 @@ from bench_client.model import ServerUnreachable  # noqa: E402
 from bench_client.output import format_summary, write_json_atomic  # noqa: E402
 from bench_client.result import build_result  # noqa: E402
 from bench_client.workloads.prefix_counters import measured_rate, read_counters  # noqa: E402
-from bench_client.workloads.run import execute_requests, workload_requests  # noqa: E402
+from bench_client.workloads.run import WorkloadRequests, execute_requests, workload_requests  # noqa: E402
+from bench_client.workloads.trace_file import TraceRequest, read_trace  # noqa: E402
 from benchmark_common import parse_args  # noqa: E402
 
-OWN_OPTIONS = ("--workload-json", "--metrics-url")
+OWN_OPTIONS = ("--workload-json", "--workload-file", "--metrics-url")
 
 
 def split_argv(argv: Sequence[str]) -> tuple[dict[str, list[str]], list[str]]:
@@ -49,13 +52,37 @@ def split_argv(argv: Sequence[str]) -> tuple[dict[str, list[str]], list[str]]:
     return own, rest
 
 
+def read_trace_file(workload: dict[str, Any], files: list[str]) -> list[TraceRequest]:
+    """The deployed trace of a trace workload, refused unless its bytes are the planned ones."""
+    if workload.get("kind") != "trace":
+        return []
+    if len(files) != 1:
+        raise ValueError("a trace workload needs --workload-file exactly once")
+    data = open(files[0], "rb").read()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != workload.get("sha256"):
+        raise ValueError(f"{files[0]} has sha256 {digest}, the task was rendered for {workload.get('sha256')}")
+    return read_trace(data.decode("utf-8"), workload["format"])
+
+
+def per_request_outputs(result: dict[str, Any], requests: WorkloadRequests) -> None:
+    """Judge each request's output length against what it asked for, not against --max-tokens."""
+    if not requests.output_tokens:
+        return
+    for record in result["requests"]:
+        asked = requests.output_tokens[record["index"]]
+        record["output_tokens_requested"] = asked
+        record["output_tokens_mismatch"] = bool(record["success"] and record["output_tokens"] != asked)
+    result["output_tokens_mismatch"] = sum(1 for r in result["requests"] if r["output_tokens_mismatch"])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     own, rest = split_argv(sys.argv[1:] if argv is None else argv)
     cfg = parse_args(rest)
     try:
         workload: dict[str, Any] = json.loads(own["--workload-json"][0])
-        requests = workload_requests(cfg, workload)
-    except (ValueError, KeyError, TypeError) as exc:
+        requests = workload_requests(cfg, workload, read_trace_file(workload, own["--workload-file"]))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         sys.exit(f"benchmark_workload: --workload-json: {exc}")
     urls = own["--metrics-url"]
     try:
@@ -66,8 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"benchmark_workload: server unreachable: {exc}", file=sys.stderr)
         return 1
     result = build_result(cfg, run)
+    per_request_outputs(result, requests)
+    if requests.due_s is not None:  # a trace: open loop at its own arrival times
+        result.update(load_mode="open_loop", arrival_schedule={"distribution": "trace", "time_scale": requests.facts["time_scale"]})
     result["workload"] = {
         **workload,
+        **({"drawn" if workload["kind"] == "lengths" else "replayed": requests.facts} if requests.facts else {}),
         "expected": requests.expected,
         "measured": {**measured_rate(before, after), "servers": urls, "counted": "around the benchmark, warmup included"},
     }

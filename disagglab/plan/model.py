@@ -23,7 +23,8 @@ from disagglab.plan.bounds import in_flight_problems
 from disagglab.plan.jsonpath import format_path, written_patterns
 from disagglab.plan.schema import schema_problems, strict_validator
 from disagglab.plan.topology import plan_topology, topology_problems
-from disagglab.plan.workload import plan_workload, workload_problems
+from disagglab.plan.trace import trace_facts
+from disagglab.plan.workload import plan_workload, replayed, trace_path, workload_problems
 
 BACKENDS = ("unified", "tcp", "efa")
 DISAGGREGATED = ("tcp", "efa")
@@ -246,7 +247,7 @@ def validate_document(doc: Any, file: str, stem: str) -> list[Problem]:
     return checked_document(doc, file, stem)[2]
 
 
-def effective_spec(doc: dict[str, Any], pattern: dict[str, Any]) -> dict[str, Any]:
+def effective_spec(doc: dict[str, Any], pattern: dict[str, Any], plan_dir: Path | None = None) -> dict[str, Any]:
     """common_settings overridden by the pattern, plus infrastructure.
 
     This dict (not the plan file's timestamp) decides whether a pattern must run again.
@@ -280,9 +281,11 @@ def effective_spec(doc: dict[str, Any], pattern: dict[str, Any]) -> dict[str, An
     topology = plan_topology(pattern, pattern["backend"], doc["infrastructure"]["tp_size"])
     if topology is not None:  # absent by default: today's plans keep their spec and their tasks
         spec["topology"] = topology
-    workload = plan_workload(pattern, doc["common_settings"])
+    workload = plan_workload(pattern, doc["common_settings"], plan_dir)
     if workload is not None:  # likewise: absent for the default random prompts
         spec["workload"] = workload
+        if workload["kind"] == "trace" and plan_dir is not None:  # the trace says how many requests it has
+            spec["measurement_iterations"] = len(replayed(trace_facts(trace_path(plan_dir, workload), workload["format"]), workload))
     return spec
 
 
@@ -314,7 +317,7 @@ def load_plan(path: str | Path) -> Plan:
         ids = []
         for pat in layer["patterns"]:
             repeats = int(pat.get("repeats", doc["common_settings"].get("repeats", 1)))
-            patterns[pat["id"]] = Pattern(pat["id"], layer["id"], pat["backend"], effective_spec(doc, pat), repeats)
+            patterns[pat["id"]] = Pattern(pat["id"], layer["id"], pat["backend"], effective_spec(doc, pat, path.parent), repeats)
             ids.append(pat["id"])
         layers.append(Layer(layer["id"], layer["name"], layer["priority"], layer["description"], tuple(ids)))
     return Plan(

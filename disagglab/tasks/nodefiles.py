@@ -58,4 +58,9 @@ def node_file_digests(root: Path = ROOT) -> dict[str, str]:
 
 
 def files_for_pattern(pattern: Pattern, engine: str, digests: dict[str, str]) -> dict[str, str]:
-    return {rel: sha for rel, sha in digests.items() if runs_file(rel, pattern, engine)}
+    """The node files the pattern runs, plus the trace it replays (deployed as plans/<file>)."""
+    files = {rel: sha for rel, sha in digests.items() if runs_file(rel, pattern, engine)}
+    workload = pattern.spec.get("workload") or {}
+    if workload.get("kind") == "trace":
+        files[f"plans/{workload['file']}"] = workload["sha256"]
+    return files
