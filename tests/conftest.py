@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -50,6 +52,13 @@ class Project:
 
     def result(self, phase: str, pattern: str) -> dict:
         return json.loads((self.root / "results" / phase / "runs" / f"{pattern}.json").read_text())
+
+
+def load_script_module(name: str) -> ModuleType:
+    """A part of the node-side client, imported as the node imports it (scripts/ first on the path)."""
+    if sys.path[:1] != [str(ROOT / "scripts")]:
+        sys.path.insert(0, str(ROOT / "scripts"))
+    return importlib.import_module(name)
 
 
 def parse_dry_run(text: str) -> dict[str, list[dict[str, str]]]:

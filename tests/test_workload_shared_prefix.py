@@ -9,22 +9,18 @@ is lower than with caching off.
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import subprocess
-import sys
-from types import ModuleType
 
 import numpy as np
 import pytest
 
 from disagglab.errors import PlanError
-from disagglab.paths import ROOT
 from disagglab.plan.model import load_plan
 from disagglab.results.prefix_cache import GAP_TOLERANCE, prefix_cache_check
 from disagglab.tasks.nodefiles import files_for_pattern, node_file_digests
 
-from conftest import Project, make_project
+from conftest import Project, load_script_module, make_project
 
 PHASE = "phase88"
 WORKLOAD = {"kind": "shared_prefix", "prefix_tokens": 768, "num_prefixes": 2}
@@ -32,13 +28,6 @@ ON, OFF, TCP = "p88-unified-sp-on", "p88-unified-sp-off", "p88-tcp-sp-on"
 # The measured rate may fall short of the ideal sequential cache by the first uses of a prefix
 # that run concurrently (2 in flight here: at most 2 extra misses of 18 requests).
 TOLERANCE = 0.1
-
-
-def load_script_module(name: str) -> ModuleType:
-    """A part of the node-side client, imported as the node imports it (scripts/ first on the path)."""
-    if sys.path[:1] != [str(ROOT / "scripts")]:
-        sys.path.insert(0, str(ROOT / "scripts"))
-    return importlib.import_module(name)
 
 
 def _task(project: Project, pattern: str, role: str) -> dict:
