@@ -20,8 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from disagglab.plan.config import load_config_file
 from disagglab.plan.model import Plan, load_plan
+from disagglab.report.cells import fmt
 from disagglab.report.document import PLOT_NAMES, SIM_BANNER, write_report, write_summary
+from disagglab.report.rows import ANSWER_COLUMNS
 
 from conftest import Project, alive_groups, finished_copy, ledger_entries
 
@@ -265,7 +268,9 @@ def test_markdown_references_existing_png_files(built: Built) -> None:
 
 def test_returned_plot_files_are_the_known_plots(built: Built) -> None:
     names = [p.stem for p in built.plots]
-    assert names == [n for n in PLOT_NAMES if n in names] and len(names) >= 4
+    fixed = [n for n in names if not n.startswith("pareto_")]
+    assert fixed == [n for n in PLOT_NAMES if n in names] and len(fixed) >= 4
+    assert names == fixed + [f"pareto_{axis}_{w}" for w in ("1000in_10out", "4000in_10out") for axis in ("interactivity", "ttft_p99")]
     assert all(p.exists() and p.read_bytes().startswith(PNG_MAGIC) for p in built.plots)
 
 
@@ -329,3 +334,99 @@ def test_a_plan_with_no_results_yet_still_reports(built: Built, tmp_path: Path) 
     assert text.count('class="nodata"') == len(PLOT_NAMES)
     for pid in plan_ids(built.plan):
         assert pid in text
+
+
+# -- the answer section: which configuration to deploy, per workload -----------------------------
+
+WORKLOADS = {"1000 in / 10 out": "1000in_10out", "4000 in / 10 out": "4000in_10out"}
+
+
+def per_gpu(b: Built, pid: str) -> float:
+    res = result(b, pid)
+    return res["output_throughput"] / res["description"]["gpus_used"]
+
+
+def by_workload(b: Built) -> dict[str, list[dict[str, str]]]:
+    out: dict[str, list[dict[str, str]]] = {}
+    for r in b.csv_rows:
+        if r["status"] == "done":
+            out.setdefault(r["workload"], []).append(r)
+    return out
+
+
+def answer_part(text: str) -> str:
+    return text[text.index('<section id="answer">'):text.index('<section id="summary">')]
+
+
+def test_summary_recommends_one_configuration_per_workload_and_prices_it(built: Built) -> None:
+    assert list(built.csv_rows[0])[-len(ANSWER_COLUMNS):] == list(ANSWER_COLUMNS)
+    groups = by_workload(built)
+    assert sorted(groups) == sorted(WORKLOADS)
+    price = load_config_file()["estimate"]["prices_usd_per_hour"]["g5.12xlarge"] / 4  # 4 GPUs per g5.12xlarge
+    for members in groups.values():
+        best = max(members, key=lambda r: per_gpu(built, r["pattern_id"]))  # phase14 has no SLO: tok/s per GPU decides
+        assert [r["pattern_id"] for r in members if r["recommended"] == "true"] == [best["pattern_id"]]
+        assert sorted(int(r["recommendation_rank"]) for r in members) == [1, 2, 3] and best["recommendation_rank"] == "1"
+        for r in members:
+            res = result(built, r["pattern_id"])
+            cost = price * res["description"]["gpus_used"] / (res["output_throughput"] * 3600) * 1e6
+            assert float(r["cost_usd_per_m_output_tokens"]) == pytest.approx(cost) and r["slo"] == ""
+    others = [r for r in built.csv_rows if r["status"] != "done"]
+    assert others and all(r["recommended"] == r["recommendation_rank"] == r["cost_usd_per_m_output_tokens"] == "" for r in others)
+    assert {r["workload"] for r in others} >= {"4000 in / 10 out", "20000 in / 10 out"}, "every row names its workload"
+
+
+def test_report_answers_per_workload_in_html_and_markdown(built: Built) -> None:
+    answer = answer_part(html.unescape(built.html))
+    md = built.md[built.md.index("## The answer"):built.md.index("## Summary")]
+    for name, members in by_workload(built).items():
+        best = next(r for r in members if r["recommended"] == "true")
+        cost = f"${fmt(float(best['cost_usd_per_m_output_tokens']))} per million output tokens"
+        for doc in (answer, md):
+            said = next(line for line in doc.splitlines() if re.sub(r'^(<p class="recommendation">|\*\*)', "", line).startswith(name))
+            assert "no SLO in the plan" in said and f"deploy {best['backend']} {best['topology']} c=1 ({best['pattern_id']}, " in said
+            assert cost in said and "significance not judged" in said
+            assert f"Workload {name}" in doc
+    assert answer.count('<table class="answer">') == 2 and answer.count("(recommended)") == 2
+    page = parse(answer)
+    assert len(page.figures) == len(page.imgs) == 4 and all(f["img"] is not None and f["caption"] for f in page.figures)
+    assert all(SIM_BANNER in str(i["alt"]) and "throughput per GPU vs" in str(i["alt"]) for i in page.imgs)
+    refs = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", md)
+    assert refs == [f"report_plots/pareto_{axis}_{w}.png" for w in WORKLOADS.values() for axis in ("interactivity", "ttft_p99")]
+    assert all((built.md_path.parent / ref).read_bytes().startswith(PNG_MAGIC) for ref in refs)
+
+
+def slo_results(b: Built, dest: Path) -> Path:
+    """A copy whose 1k results ran with an SLO none of them met (attainment 10/40/20 %), 4k ones one all met."""
+    results = dest / PHASE
+    for sub in ("runs", "failures"):
+        shutil.copytree(b.results / sub, results / sub)
+    for path in (results / "runs").glob("*.json"):
+        doc = json.loads(path.read_text())
+        one_k = doc["spec"]["prompt_tokens"] == 1000
+        doc["spec"]["slo"] = {"ttft_ms": 1, "tpot_ms": 1} if one_k else {"ttft_ms": 60000}
+        attainment = {"unified": 10.0, "tcp": 40.0, "efa": 20.0}[doc["spec"]["backend"]] if one_k else 100.0
+        doc["slo_attainment_pct"], doc["request_goodput"] = attainment, doc["request_throughput"] * attainment / 100
+        path.write_text(json.dumps(doc))
+    return results
+
+
+def test_no_configuration_meets_the_slo_and_a_missing_price_is_unknown(built: Built, tmp_path: Path) -> None:
+    results = slo_results(built, tmp_path)
+    rows = write_summary(built.plan, results, results / "summary.csv", prices={})
+    write_report(built.plan, results, results / "report.html", results / "report.md", results / "plots", prices={})
+    answer = answer_part(html.unescape((results / "report.html").read_text()))
+    said = [line for line in answer.splitlines() if 'class="recommendation"' in line]
+    assert len(said) == 2
+    assert "no configuration meets the SLO" in said[0] and "Closest: tcp 1P1D c=1 (p14-tcp-1k-c1, 2 GPUs, simulated) with 40.0%" in said[0]
+    goodput = {pid: result(built, pid)["request_throughput"] / result(built, pid)["description"]["gpus_used"]
+               for pid in ("p14-unified-4k-c1", "p14-tcp-4k-c1", "p14-efa-4k-c1")}
+    best = max(goodput, key=goodput.__getitem__)
+    assert "SLO TTFT <= 60000 ms" in said[1] and f"({best}, " in said[1] and "good req/s per GPU at 100% SLO attainment" in said[1]
+    assert "unknown (add g5.12xlarge to estimate.prices_usd_per_hour)" in said[1]
+    assert re.search(r"\$\d", answer) is None, "no dollar amount without a price, least of all $0"
+    assert answer.count("<td class=\"right\">unknown</td>") == 6
+    assert [r["pattern_id"] for r in rows if r["recommended"]] == [best]
+    assert all(r["recommended"] is False and r["recommendation_rank"] is None for r in rows if r["workload"] == "1000 in / 10 out"
+               and r["status"] == "done")
+    assert all(r["cost_usd_per_m_output_tokens"] is None for r in rows)

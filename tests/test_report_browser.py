@@ -54,6 +54,24 @@ def loaded_images(driver) -> int:
     return driver.execute_script("return Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length")
 
 
+def answer_section(driver) -> dict:
+    """What the answer section shows: workloads, sentences, table rows and its images as the browser loaded them."""
+    from selenium.webdriver.common.by import By
+
+    section = driver.find_element(By.ID, "answer")
+    tables = section.find_elements(By.CSS_SELECTOR, "table.answer")
+    return {
+        "workloads": [h.text for h in section.find_elements(By.CSS_SELECTOR, "h3.workload")],
+        "sentences": [p.text for p in section.find_elements(By.CSS_SELECTOR, "p.recommendation")],
+        "tables": [[[td.text for td in tr.find_elements(By.TAG_NAME, "td")] for tr in t.find_elements(By.CSS_SELECTOR, "tbody tr")]
+                   for t in tables],
+        "images": driver.execute_script(
+            "return Array.from(document.querySelectorAll('#answer figure img')).map(i => "
+            "({id: i.closest('figure').previousElementSibling.id, alt: i.alt, loaded: i.complete && i.naturalWidth > 400}))"),
+        "banner": bool(section.find_elements(By.CSS_SELECTOR, "p.sim")),
+    }
+
+
 def test_report_in_headless_chromium(built: Project, chromium) -> None:
     from selenium.webdriver.common.by import By
 
@@ -75,6 +93,19 @@ def test_report_in_headless_chromium(built: Project, chromium) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     assert driver.save_screenshot(str(ARTIFACTS / "report-phase14.png"))
     assert (ARTIFACTS / "report-phase14.png").stat().st_size > 10_000
+
+    # The answer: per workload a recommendation, its table and both trade-off plots, all loaded.
+    answer = answer_section(driver)
+    assert answer["banner"] and answer["workloads"] == ["Workload 1000 in / 10 out", "Workload 4000 in / 10 out"]
+    assert len(answer["sentences"]) == 2 and all(" deploy " in s and "per million output tokens" in s for s in answer["sentences"])
+    assert [len(t) for t in answer["tables"]] == [3, 3] and [t[0][0] for t in answer["tables"]] == ["1 (recommended)"] * 2
+    for sentence, table in zip(answer["sentences"], answer["tables"]):
+        assert f"deploy {table[0][1]} ({table[0][12]}, " in sentence  # the sentence names the table's first row
+    assert [i["id"] for i in answer["images"]] == [f"plot-pareto_{axis}_{w}" for w in ("1000in_10out", "4000in_10out")
+                                                    for axis in ("interactivity", "ttft_p99")]
+    assert all(i["loaded"] and "SIMULATED" in i["alt"] for i in answer["images"])
+    driver.execute_script("document.getElementById('answer').scrollIntoView()")
+    assert driver.save_screenshot(str(ARTIFACTS / "report-phase14-answer.png"))
 
 
 def test_report_twice_keeps_one_mlflow_run_per_pattern(built: Project) -> None:
@@ -119,6 +150,14 @@ def test_phase16_report_answers_per_gpu_by_topology_in_chromium(phase16: Project
     assert answer.split(", ")[1].startswith(cells[0][2])  # the sentence names the table's first row
     gpus = {c[2]: int(c[3]) for c in cells}
     assert gpus["tcp 2P1D"] == 3 and gpus["efa 2P2D"] == 4 and gpus["unified 2 replicas"] == 2
+    # The answer agrees with the per-GPU ranking: no SLO, one workload, so the best per GPU is the one to deploy.
+    answer = answer_section(driver)
+    assert answer["workloads"] == ["Workload 4000 in / 64 out"] and len(answer["tables"]) == 1
+    [sentence] = answer["sentences"]
+    assert f"deploy {cells[0][2]} c=8 ({cells[0][10]}, " in sentence and "no SLO in the plan" in sentence
+    assert len(answer["tables"][0]) == len(cells) == 10
+    assert [i["id"] for i in answer["images"]] == ["plot-pareto_interactivity_4000in_64out", "plot-pareto_ttft_p99_4000in_64out"]
+    assert all(i["loaded"] for i in answer["images"])
     errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == [], errors
     driver.execute_script("document.getElementById('topologies').scrollIntoView()")

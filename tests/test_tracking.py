@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 
 from disagglab.hashing import sha256_file
+from disagglab.plan.config import load_config_file
 from disagglab.plan.model import Plan, load_plan
 from disagglab.report import tracking
+from disagglab.report.cost import COST_KEY
 
 from conftest import ROOT, Project
 
@@ -160,6 +162,35 @@ def test_changed_result_makes_one_new_run_and_supersedes_the_old(plan: Plan, res
     by_id = {r.info.run_id: r for r in runs_of(uri, pid)}
     assert by_id[old_id].data.tags["status"] == "current" and "superseded_by" not in by_id[old_id].data.tags
     assert by_id[new_id].data.tags["status"] == "superseded" and len(runs_of(uri)) == len(PATTERNS) + 1
+
+
+def test_the_recommended_run_is_tagged_and_its_cost_logged_once(plan: Plan, results: Path) -> None:
+    """phase14 has no SLO, so the run with the most output tok/s per GPU of the workload is the recommended one."""
+    uri = tracking.tracking_uri(results)
+    docs = {pid: json.loads((results / "phase14" / "runs" / f"{pid}.json").read_text()) for pid in PATTERNS}
+    per_gpu = {pid: d["output_throughput"] / d["description"]["gpus_used"] for pid, d in docs.items()}
+    order = sorted(PATTERNS, key=per_gpu.__getitem__, reverse=True)
+    first = tracking.log_phase(plan, results / "phase14", uri, "rev-1")
+    assert first["recommended"] == [order[0]]
+    runs = {r.info.run_name: r for r in runs_of(uri)}
+    assert {pid: r.data.tags["recommended"] for pid, r in runs.items()} == {pid: str(pid == order[0]).lower() for pid in PATTERNS}
+    assert {pid: r.data.tags["recommendation_rank"] for pid, r in runs.items()} == {pid: str(order.index(pid) + 1) for pid in PATTERNS}
+    assert {r.data.tags["workload"] for r in runs.values()} == {"1000 in / 10 out"}
+    price = load_config_file()["estimate"]["prices_usd_per_hour"]["g5.12xlarge"] / 4  # per GPU of a 4-GPU g5.12xlarge
+    for pid, run in runs.items():
+        cost = price * docs[pid]["description"]["gpus_used"] / (docs[pid]["output_throughput"] * 3600) * 1e6
+        assert run.data.metrics[COST_KEY] == pytest.approx(cost)
+
+    again = tracking.log_phase(plan, results / "phase14", uri, "rev-2")
+    assert again["created"] == [] and again["recommended"] == [order[0]] and len(runs_of(uri)) == len(PATTERNS)
+    assert all(len(client(uri).get_metric_history(r.info.run_id, COST_KEY)) == 1 for r in runs.values()), "nothing logged twice"
+
+    # The recommended result is gone: its run keeps no recommendation, the runner-up gets it.
+    (results / "phase14" / "runs" / f"{order[0]}.json").unlink()
+    third = tracking.log_phase(plan, results / "phase14", uri, "rev-3")
+    assert third["recommended"] == [order[1]]
+    tags = {r.info.run_name: r.data.tags for r in runs_of(uri)}
+    assert (tags[order[0]]["recommended"], tags[order[1]]["recommended"], tags[order[1]]["recommendation_rank"]) == ("false", "true", "1")
 
 
 def test_a_crash_mid_run_is_completed_not_duplicated(plan: Plan, results: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +24,11 @@ import jinja2
 from disagglab import __version__
 from disagglab.hashing import atomic_write_bytes
 from disagglab.plan.model import BACKENDS, Plan, load_plan
+from disagglab.report.answer import annotate
+from disagglab.report.answer_plots import PREFIX as ANSWER_PLOT_PREFIX
+from disagglab.report.answer_plots import answer_figures
+from disagglab.report.answer_view import WorkloadAnswer, workload_answers
+from disagglab.report.answer_view import method as answer_method
 from disagglab.report.backends import (
     COMPARED,
     Best,
@@ -33,26 +39,18 @@ from disagglab.report.backends import (
     pair_summaries,
     verdict,
 )
+from disagglab.report.cells import Table, fmt, with_interval
+from disagglab.report.cost import price_table
 from disagglab.report.plots import PLOT_NAMES, SIM_BANNER, Plot, make_plots
-from disagglab.report.rows import Row, collect_rows, interval, number, rows_to_csv
+from disagglab.report.rows import Row, collect_rows, rows_to_csv
 from disagglab.report.topologies import Ranking, answer, configuration, topology_rankings
 
 __all__ = ["PLOT_NAMES", "SIM_BANNER", "collect_rows", "write_report", "write_summary"]
 
 TEMPLATE = "report_template.html.jinja2"
+ANSWER_TITLE = "The answer: which configuration to deploy, per workload"
+NO_ANSWER = "No valid result yet, so there is nothing to recommend."
 NOTE_MAX = 180
-
-
-@dataclass(frozen=True)
-class Table:
-    """A table both renderers draw the same way; cells are already formatted text."""
-
-    columns: tuple[str, ...]
-    rows: tuple[tuple[str, ...], ...]
-    numeric: tuple[bool, ...] = ()
-
-    def align(self, i: int) -> str:
-        return "right" if i < len(self.numeric) and self.numeric[i] else "left"
 
 
 @dataclass(frozen=True)
@@ -76,6 +74,17 @@ class FigureView:
     empty_reason: str
 
 
+@dataclass(frozen=True)
+class AnswerView:
+    """One workload of the answer section, its plots ready for either document."""
+
+    workload: str
+    anchor: str
+    sentences: tuple[str, ...]
+    table: Table
+    figures: list[FigureView]
+
+
 @dataclass
 class Context:
     title: str
@@ -84,6 +93,8 @@ class Context:
     banner: str
     facts: list[tuple[str, str]]
     counts: str
+    answers: list[AnswerView]
+    answer_method: list[str]
     headline: str
     verdict: Table
     best_ttft: Table
@@ -102,23 +113,20 @@ def _as_plan(plan: Plan | str | Path) -> Plan:
     return plan if isinstance(plan, Plan) else load_plan(plan)
 
 
-def write_summary(plan: Plan | str | Path, results_dir: str | Path, out_csv: str | Path) -> list[Row]:
-    """Write results/<phase>/summary.csv: one row per pattern of the plan, in plan order; returns the rows."""
-    rows = collect_rows(_as_plan(plan), Path(results_dir))
+def write_summary(plan: Plan | str | Path, results_dir: str | Path, out_csv: str | Path,
+                  prices: Mapping[str, Any] | None = None) -> list[Row]:
+    """Write results/<phase>/summary.csv: one row per pattern of the plan, in plan order; returns the rows.
+
+    The answer's columns (workload, cost, recommendation) come last; prices default to the configuration's.
+    """
+    plan = _as_plan(plan)
+    rows = collect_rows(plan, Path(results_dir))
+    annotate(rows, plan.infrastructure, price_table(prices))
     atomic_write_bytes(Path(out_csv), rows_to_csv(rows).encode())
     return rows
 
 
 # -- formatting -------------------------------------------------------------------------------
-
-def fmt(value: Any, unit: str = "") -> str:
-    """Numbers at a precision a reader can compare: 3 significant digits, never exponent notation."""
-    v = number(value)
-    if v is None:
-        return "-"
-    text = f"{v:.0f}" if abs(v) >= 100 else f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
-    return f"{text} {unit}".rstrip()
-
 
 def _short(text: str) -> str:
     text = " ".join(text.split())
@@ -187,7 +195,7 @@ def _topology_table(rankings: list[Ranking]) -> Table:
     out = []
     for ranking in rankings:
         for i, r in enumerate(ranking.entries, 1):
-            metrics = [_with_interval(r, key, unit) for _, key, unit in TOPOLOGY_COLUMNS]
+            metrics = [with_interval(r, key, unit) for _, key, unit in TOPOLOGY_COLUMNS]
             out.append((ranking.point, str(i), configuration(r), str(r["gpus_used"]), *metrics, _share(ranking, r), r["pattern_id"]))
     numeric = (False, True, False, True, *(True for _ in TOPOLOGY_COLUMNS), True, False)
     return Table(cols, tuple(out), numeric)
@@ -226,20 +234,12 @@ LAYER_COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def _with_interval(row: Row, key: str, unit: str) -> str:
-    """'12.3 ms' for one trial; '12.3 ±0.4 ms' (half-width of the 95% t-interval) over repeats."""
-    ci = interval(row, key)
-    if ci is None or number(row.get(key)) is None:
-        return fmt(row.get(key), unit)
-    return f"{fmt(row.get(key))} ±{fmt((ci[1] - ci[0]) / 2, unit)}"
-
-
 def _layer_table(rows: list[Row]) -> Table:
     cols = ("pattern", "backend", "topology", "prompt", "c", "trials", "status", "validity", *(h for h, _, _ in LAYER_COLUMNS), "note")
     out = []
     for r in rows:
         gpus = str(r["gpus_used"]) if r.get("gpus_used") is not None else "-"
-        metrics = [gpus if key == "gpus_used" else _with_interval(r, key, unit) for _, key, unit in LAYER_COLUMNS]
+        metrics = [gpus if key == "gpus_used" else with_interval(r, key, unit) for _, key, unit in LAYER_COLUMNS]
         load = str(r["concurrency"]) + (f" @ {r['request_rate']:g}/s" if r.get("request_rate") else "")
         trials = str(r["repeats"]) if r.get("repeats") else "-"
         out.append((r["pattern_id"], r["backend"], r["topology"], str(r["prompt_tokens"]), load, trials, r["status"], r["validity"] or "-", *metrics, _note(r)))
@@ -276,6 +276,23 @@ def _counts(rows: list[Row]) -> str:
 
 # -- context ----------------------------------------------------------------------------------
 
+METHOD = (
+    "Backends are compared only at the same load point: every effective parameter equal except the backend.",
+    "Only valid results measured with the plan's current parameters are compared or plotted; an invalid one (e.g. "
+    "the decode server re-prefilled instead of receiving KV) or a stale one is listed below with its reason.",
+    "Per-GPU throughput divides by every GPU the pattern used: every server's tp_size, so all prefill and decode "
+    "servers for tcp/efa and every replica for unified.",
+    "With topologies, efa vs tcp compares the same layout (2P1D with 2P1D); against unified, the baseline is the "
+    "replica count with the same GPUs where the plan has one, otherwise the plan's first unified pattern at that load point.",
+    "A speedup > 1.00x means the treatment is better: baseline / treatment for latencies, treatment / baseline "
+    "for throughput. Speedup cells read 'speedup (baseline value -> treatment value)'.",
+    "Patterns with repeats >= 2 show the mean over trials with the half-width of its 95% Student t confidence "
+    "interval (±), and error bars in the plots. A difference is called significant only when the two intervals "
+    "are disjoint; overlapping intervals are reported as such, never as a win. Single trials are not tested.",
+)
+
+
+
 def _figures(plots: list[Plot], plots_dir: Path, md_dir: Path) -> list[FigureView]:
     views = []
     for p in plots:
@@ -285,8 +302,13 @@ def _figures(plots: list[Plot], plots_dir: Path, md_dir: Path) -> list[FigureVie
     return views
 
 
-def build_context(plan: Plan, rows: list[Row], plots: list[Plot], plots_dir: Path, md_dir: Path, generated_at: str) -> Context:
-    """Everything both documents show, computed once."""
+def _answer_views(answers: list[WorkloadAnswer], plots_dir: Path, md_dir: Path) -> list[AnswerView]:
+    return [AnswerView(a.workload, a.anchor, a.sentences, a.table, _figures(list(a.plots), plots_dir, md_dir)) for a in answers]
+
+
+def build_context(plan: Plan, rows: list[Row], plots: list[Plot], plots_dir: Path, md_dir: Path, generated_at: str,
+                  answers: tuple[list[WorkloadAnswer], list[str]] = ([], [])) -> Context:
+    """Everything both documents show, computed once; answers = (per workload, how to read them)."""
     done = [r for r in rows if r["status"] == "done"]
     simulated = any(r.get("simulated") for r in done)
     engines = sorted({str(r["engine"]) for r in done if r.get("engine")})
@@ -299,20 +321,6 @@ def build_context(plan: Plan, rows: list[Row], plots: list[Plot], plots_dir: Pat
         ("instance type", str(infra["instance_type"])), ("vLLM", str(infra["vllm_version"])),
         ("tensor parallel size", str(infra["tp_size"])), ("engine of the results", ", ".join(engines) or "-"),
     ]
-    method = [
-        "Backends are compared only at the same load point: every effective parameter equal except the backend.",
-        "Only valid results measured with the plan's current parameters are compared or plotted; an invalid one (e.g. "
-        "the decode server re-prefilled instead of receiving KV) or a stale one is listed below with its reason.",
-        "Per-GPU throughput divides by every GPU the pattern used: every server's tp_size, so all prefill and decode "
-        "servers for tcp/efa and every replica for unified.",
-        "With topologies, efa vs tcp compares the same layout (2P1D with 2P1D); against unified, the baseline is the "
-        "replica count with the same GPUs where the plan has one, otherwise the plan's first unified pattern at that load point.",
-        "A speedup > 1.00x means the treatment is better: baseline / treatment for latencies, treatment / baseline "
-        "for throughput. Speedup cells read 'speedup (baseline value -> treatment value)'.",
-        "Patterns with repeats >= 2 show the mean over trials with the half-width of its 95% Student t confidence "
-        "interval (±), and error bars in the plots. A difference is called significant only when the two intervals "
-        "are disjoint; overlapping intervals are reported as such, never as a win. Single trials are not tested.",
-    ]
     layers = []
     for layer in plan.layers:
         mine = [r for r in rows if r["layer"] == layer.id]
@@ -324,6 +332,8 @@ def build_context(plan: Plan, rows: list[Row], plots: list[Plot], plots_dir: Pat
         banner=SIM_BANNER,
         facts=facts,
         counts=_counts(rows),
+        answers=_answer_views(answers[0], plots_dir, md_dir),
+        answer_method=answers[1],
         headline=headline(pairs),
         verdict=Table(("treatment vs baseline", "metric", "treatment better at", "significant (disjoint 95% CIs)", "geometric-mean speedup",
                        "range", "where better"),
@@ -334,7 +344,7 @@ def build_context(plan: Plan, rows: list[Row], plots: list[Plot], plots_dir: Pat
         topology_answers=[answer(k) for k in rankings] or [
             "No load point in this plan compares topologies with valid results: every pattern runs 1P1D or one unified server."],
         topologies=_topology_table(rankings),
-        method=method,
+        method=list(METHOD),
         figures=_figures(plots, plots_dir, md_dir),
         layers=layers,
         problems=_problems(rows),
@@ -365,11 +375,28 @@ def _md_table(t: Table) -> list[str]:
     return [*lines, ""]
 
 
+def _md_figure(f: FigureView, level: str) -> list[str]:
+    out = [f"{level} {f.title}", ""]
+    return out + ([f"![{_md_cell(f.alt)}]({f.md_path})", "", f"*{f.caption}*", ""] if f.md_path else [f"_{f.empty_reason}_", ""])
+
+
+def _md_answer(ctx: Context, banner: list[str]) -> list[str]:
+    out = [f"## {ANSWER_TITLE}", "", *banner]
+    if not ctx.answers:
+        out += [f"_{NO_ANSWER}_", ""]
+    for a in ctx.answers:
+        out += [f"### Workload {a.workload}", "", *(line for s in a.sentences for line in (f"**{s}**", "")), *_md_table(a.table)]
+        for f in a.figures:
+            out += _md_figure(f, "####")
+    return out + ["### How to read the answer", "", *(f"- {m}" for m in ctx.answer_method), ""]
+
+
 def render_markdown(ctx: Context) -> str:
     """The same report as Markdown; plots are PNG files referenced relative to the .md file."""
     banner = [f"> **{ctx.banner}**", ""] if ctx.simulated else []
     out = [f"# {ctx.title}", "", *banner, ctx.description, ""]
     out += [f"- {k}: {v}" for k, v in ctx.facts] + [f"- patterns: {ctx.counts}", ""]
+    out += _md_answer(ctx, banner)
     out += ["## Summary: did disaggregation over EFA beat TCP and unified?", "", *banner, f"**{ctx.headline}**", ""]
     out += _md_table(ctx.verdict)
     out += ["### Best backend per prompt length: TTFT p50 at the lowest concurrency", "", *_md_table(ctx.best_ttft)]
@@ -380,8 +407,7 @@ def render_markdown(ctx: Context) -> str:
     out += ["### How to read this", ""] + [f"- {m}" for m in ctx.method] + [""]
     out += ["## Plots", "", *banner]
     for f in ctx.figures:
-        out += [f"### {f.title}", ""]
-        out += [f"![{_md_cell(f.alt)}]({f.md_path})", "", f"*{f.caption}*", ""] if f.md_path else [f"_{f.empty_reason}_", ""]
+        out += _md_figure(f, "###")
     for layer in ctx.layers:
         out += [f"## Layer {layer.id} [{layer.priority}]: {layer.name}", "", *banner, layer.description, "", layer.counts, ""]
         out += _md_table(layer.table)
@@ -391,7 +417,10 @@ def render_markdown(ctx: Context) -> str:
 
 
 def _write_plots(plots: list[Plot], plots_dir: Path) -> list[Path]:
-    """Write the PNGs that have data; remove ours that no longer have any (never a stale picture)."""
+    """Write the PNGs that have data; remove ours that no longer have any (never a stale picture).
+
+    Answer plots are named per workload, so one of a workload that is gone is found by its prefix.
+    """
     plots_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for p in plots:
@@ -401,24 +430,31 @@ def _write_plots(plots: list[Plot], plots_dir: Path) -> list[Path]:
             written.append(path)
         elif path.exists():
             path.unlink()
+    for old in plots_dir.glob(f"{ANSWER_PLOT_PREFIX}_*.png"):
+        if old not in written:
+            old.unlink()
     return written
 
 
 def write_report(plan: Plan | str | Path, results_dir: str | Path, out_html: str | Path, out_md: str | Path,
-                 plots_dir: str | Path, generated_at: str | None = None) -> list[Path]:
-    """Write report.html (self-contained), report.md and its PNG plots; return the plot files written.
+                 plots_dir: str | Path, generated_at: str | None = None, prices: Mapping[str, Any] | None = None) -> list[Path]:
+    """Write report.html (self-contained), report.md and its PNG plots; return the plot files written
+    (the fixed plots in PLOT_NAMES order, then each workload's answer plots).
 
     generated_at is the footer's time stamp (default: now, UTC); pass a fixed value for
-    byte-identical output.
+    byte-identical output. prices: instance type -> USD per hour (default: the configuration's).
     """
     plan = _as_plan(plan)
     out_html, out_md, plots_dir = Path(out_html), Path(out_md), Path(plots_dir)
     rows = collect_rows(plan, Path(results_dir))
+    price, recs = annotate(rows, plan.infrastructure, price_table(prices))
     simulated = any(r.get("simulated") for r in rows if r["status"] == "done")
     plots = make_plots(rows, simulated)
+    figures = answer_figures(rows, simulated)
+    answers = (workload_answers(recs, figures, price), answer_method(price))
     stamp = generated_at or datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    ctx = build_context(plan, rows, plots, plots_dir, out_md.parent, stamp)
-    written = _write_plots(plots, plots_dir)
+    ctx = build_context(plan, rows, plots, plots_dir, out_md.parent, stamp, answers)
+    written = _write_plots([*plots, *(p for f in figures for p in f.plots)], plots_dir)
     atomic_write_bytes(out_html, render_html(ctx).encode())
     atomic_write_bytes(out_md, render_markdown(ctx).encode())
     return written

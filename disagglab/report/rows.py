@@ -20,6 +20,8 @@ from typing import Any
 from disagglab.paths import PhaseLayout
 from disagglab.plan.model import Pattern, Plan
 from disagglab.plan.topology import gpus_used, server_count, topology_label
+from disagglab.report.workloads import slo_text, workload_name
+from disagglab.results.fold import summarize
 from disagglab.results.read import latest_acceptance_note
 from disagglab.results.status import pattern_state
 
@@ -35,6 +37,17 @@ STATE_COLUMNS = (
 # The NIXL preflight of the result's node pair (provenance.preflight): what the KV path was measured as.
 PREFLIGHT_COLUMNS = ("preflight_transport", "preflight_bandwidth_gb_s", "efa_verified")
 PER_GPU_COLUMNS = ("gpus_used", "output_throughput_per_gpu", "total_token_throughput_per_gpu", "request_throughput_per_gpu")
+# The answer section's columns (report/answer.py), after every other column: summary.csv readers that
+# index columns by position keep working. Cost and recommendation are filled in by answer.annotate.
+ANSWER_COLUMNS = (
+    "workload", "slo", "request_goodput_ci_low", "request_goodput_ci_high", "request_goodput_per_gpu",
+    "request_goodput_per_gpu_ci_low", "request_goodput_per_gpu_ci_high", "cost_usd_per_m_output_tokens", "recommended",
+    "recommendation_rank",
+)
+# Result keys the fold gives no interval (it folds HEADLINE_METRICS only): the report takes theirs from the
+# per-trial numbers the fold keeps in `trials[].metrics`, so the fold's output never has to change.
+TRIAL_INTERVAL_METRICS = ("request_goodput",)
+PER_GPU_METRICS = ("output_throughput", "total_token_throughput", "request_throughput", "request_goodput")
 # Top-level numbers of a result that describe the load or the client, not the measurement.
 NOT_METRICS = frozenset({
     "schema_version", "seed", "concurrency", "max_concurrency", "requested_concurrency", "prompt_tokens", "max_tokens",
@@ -90,6 +103,7 @@ def _params(pattern: Pattern) -> Row:
         "prefix_cache": spec["prefix_cache"], "gpu_memory_utilization": spec["gpu_memory_utilization"],
         "max_num_batched_tokens": spec["max_num_batched_tokens"], "max_model_len": spec["max_model_len"],
         "tp_size": infra["tp_size"], "model": infra["model"],
+        "workload": workload_name(spec["prompt_tokens"], spec["max_tokens"], spec.get("workload")), "slo": slo_text(spec.get("slo")),
     }
 
 
@@ -104,7 +118,7 @@ def _stale_keys(planned: dict[str, Any], ran: Any) -> list[str]:
 
 def _per_gpu(row: Row) -> None:
     gpus = row.get("gpus_used")
-    for metric in ("output_throughput", "total_token_throughput", "request_throughput"):
+    for metric in PER_GPU_METRICS:
         value = row.get(metric)
         ok = isinstance(gpus, int) and gpus > 0 and _is_metric_value(value) and value is not None
         row[f"{metric}_per_gpu"] = value / gpus if ok else None
@@ -136,11 +150,27 @@ def _from_result(row: Row, pattern: Pattern, path: Path, result: dict[str, Any])
     for key, st in (result.get("stats") or {}).items():
         if isinstance(st, dict) and number(st.get("ci_low")) is not None and number(st.get("ci_high")) is not None:
             row[f"{key}_ci_low"], row[f"{key}_ci_high"] = float(st["ci_low"]), float(st["ci_high"])
+    _trial_intervals(row, result)
+    ran = result.get("spec")
+    if isinstance(ran, dict) and "slo" in ran:  # goodput was counted against the SLO the result ran with
+        row["slo"] = slo_text(ran["slo"])
     preflight = (result.get("provenance") or {}).get("preflight")
     if isinstance(preflight, dict):
         row["preflight_transport"] = f"{preflight.get('transport')}{' (emulated)' if preflight.get('emulated') else ''}: " + ", ".join(preflight.get("devices") or [])
         row["preflight_bandwidth_gb_s"] = (preflight.get("bandwidth") or {}).get("mean")
         row["efa_verified"] = preflight.get("efa_verified")
+
+
+def _trial_intervals(row: Row, result: dict[str, Any]) -> None:
+    """95% intervals of TRIAL_INTERVAL_METRICS from each trial's number, when every trial has one (n >= 2)."""
+    trials = [t.get("metrics") for t in result.get("trials") or [] if isinstance(t, dict)]
+    for key in TRIAL_INTERVAL_METRICS:
+        if interval(row, key) is not None:
+            continue  # a fold that one day folds it itself wins
+        values = [number(m.get(key)) if isinstance(m, dict) else None for m in trials]
+        if len(values) >= 2 and all(v is not None for v in values):
+            st = summarize([float(v) for v in values if v is not None])
+            row[f"{key}_ci_low"], row[f"{key}_ci_high"] = st["ci_low"], st["ci_high"]
 
 
 def interval(row: Row, metric: str) -> tuple[float, float] | None:
@@ -166,7 +196,7 @@ def _from_failure(row: Row, path: Path) -> None:
 
 def pattern_row(pattern: Pattern, results_dir: Path) -> Row:
     """The row of one pattern. Never raises for a broken file: the row says what is wrong and where."""
-    row: Row = dict.fromkeys((*STATE_COLUMNS, *PREFLIGHT_COLUMNS, *PER_GPU_COLUMNS))
+    row: Row = dict.fromkeys((*STATE_COLUMNS, *PREFLIGHT_COLUMNS, *PER_GPU_COLUMNS, *ANSWER_COLUMNS))
     row.update(_params(pattern))
     row["gpus_used"] = gpus_used(pattern.spec, pattern.roles)
     result_path, failure_path = PhaseLayout(results_dir).result(pattern.id), PhaseLayout(results_dir).failure(pattern.id)
@@ -215,10 +245,10 @@ def collect_rows(plan: Plan, results_dir: Path) -> list[Row]:
 
 
 def columns(rows: list[Row]) -> list[str]:
-    """Parameters, state, per-GPU numbers, then every metric any row has, in a stable order."""
+    """Parameters, state, per-GPU numbers, every metric any row has in a stable order, then the answer's columns."""
     fixed = (*PARAM_COLUMNS, *STATE_COLUMNS, *PREFLIGHT_COLUMNS, *PER_GPU_COLUMNS)
-    metrics = {k for row in rows for k in row if k not in fixed}
-    return [*fixed, *sorted(metrics, key=metric_sort_key)]
+    metrics = {k for row in rows for k in row if k not in fixed and k not in ANSWER_COLUMNS}
+    return [*fixed, *sorted(metrics, key=metric_sort_key), *ANSWER_COLUMNS]
 
 
 def _cell(value: Any) -> str:

@@ -24,13 +24,16 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from disagglab.hashing import sha256_bytes
 from disagglab.paths import PhaseLayout
+from disagglab.report.answer import annotate
+from disagglab.report.cost import COST_KEY, price_table
+from disagglab.report.rows import Row, collect_rows
 from disagglab.results.read import CorruptResult, latest_acceptance_note, read_result, result_problem
 
 if TYPE_CHECKING:
@@ -241,14 +244,75 @@ def _log_run(client: MlflowClient, run_id: str, result: dict[str, Any], data: by
     client.set_tag(run_id, "status", CURRENT)
 
 
-def log_phase(plan: Plan, results_dir: Path, uri: str, git_revision: str | None) -> dict[str, Any]:
+def _new_run_tags(plan: Plan, pid: str, result: dict[str, Any], sha: str, git_revision: str | None) -> dict[str, str]:
+    """The tags a run is created with: what it measured, where it stands, which result bytes it holds."""
+    description = result.get("description") or {}
+    tags = {
+        "pattern_id": pid, "phase": str(result.get("phase", plan.phase_name)),
+        "layer": str(result.get("layer", plan.patterns[pid].layer)),
+        "backend": str(description.get("backend", plan.patterns[pid].backend)),
+        "engine": str(result.get("engine")), "simulated": "true" if result.get("simulated") else "false",
+        "validity": "valid" if (result.get("validity") or {}).get("valid") else "invalid",
+        "result_sha256": sha, "git_revision": git_revision or "unknown", "status": INCOMPLETE,
+    }
+    accepted = latest_acceptance_note(result)
+    if accepted:  # measured under older digests, accepted as current by `disagglab accept`
+        tags["accepted"] = accepted[:5000]
+    reasons = (result.get("validity") or {}).get("reasons")
+    if reasons:
+        tags["validity_reasons"] = "; ".join(map(str, reasons))[:5000]
+    return tags
+
+
+def _answer_tags(row: Row) -> dict[str, str]:
+    """The answer section's verdict on one pattern, as tags: its workload, whether it is the one to deploy, its rank."""
+    tags = {"workload": str(row.get("workload") or ""), "recommended": "true" if row.get("recommended") else "false"}
+    if row.get("recommendation_rank"):
+        tags["recommendation_rank"] = str(row["recommendation_rank"])
+    return tags
+
+
+def _mark_answer(client: MlflowClient, runs: dict[str, str], existing: dict[str, list[Run]], rows: list[Row]) -> list[str]:
+    """Tag every current run with the answer (recommended=true on one run per workload and SLO) and log its cost.
+
+    Only what differs is written, so a rebuilt report adds nothing. Runs that are no longer
+    current (superseded, or their result is gone) lose a recommendation they once had.
+    Returns the recommended pattern ids.
+    """
+    from mlflow.entities import Metric
+
+    by_id = {r["pattern_id"]: r for r in rows}
+    for pid, run_id in runs.items():
+        data = client.get_run(run_id).data
+        want = _answer_tags(by_id[pid]) if pid in by_id else {"recommended": "false"}
+        for key, value in want.items():
+            if data.tags.get(key) != value:
+                client.set_tag(run_id, key, value)
+        if "recommendation_rank" in data.tags and "recommendation_rank" not in want:
+            client.delete_tag(run_id, "recommendation_rank")
+        cost = by_id.get(pid, {}).get(COST_KEY)
+        if cost is not None and data.metrics.get(COST_KEY) != cost:
+            client.log_batch(run_id, metrics=[Metric(COST_KEY, float(cost), int(time.time() * 1000), 0)])
+    current = set(runs.values())
+    for old in (r for rs in existing.values() for r in rs):
+        if old.info.run_id not in current and old.data.tags.get("recommended") == "true":
+            client.set_tag(old.info.run_id, "recommended", "false")
+    return [pid for pid in runs if by_id.get(pid, {}).get("recommended")]
+
+
+def log_phase(plan: Plan, results_dir: Path, uri: str, git_revision: str | None,
+              prices: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Log every pattern of the plan that has a result in `results_dir` (= results/<phase>).
 
     Returns {"experiment_id", "created": [pattern ids], "unchanged": [pattern ids],
     "superseded": [old run ids], "reinstated": [pattern ids whose bytes went back to an
-    older run, which is made current again], "runs": {pattern id: current run id}}.
+    older run, which is made current again], "runs": {pattern id: current run id},
+    "recommended": [pattern ids tagged recommended=true]}. prices: instance type -> USD per
+    hour for the cost metric (default: the configuration's).
     """
     results_dir = Path(results_dir)
+    rows = collect_rows(plan, results_dir)
+    annotate(rows, plan.infrastructure, price_table(prices))
     layout = PhaseLayout(results_dir)
     found = {pid: layout.result(pid) for pid in plan.patterns}
     found = {pid: path for pid, path in found.items() if path.is_file()}
@@ -282,23 +346,8 @@ def log_phase(plan: Plan, results_dir: Path, uri: str, git_revision: str | None)
             keep = next((r for r in same if r.data.tags.get("status") == CURRENT), same[0] if same else None)
             if keep is None or keep.data.tags.get("status") == INCOMPLETE:
                 if keep is None:
-                    description = result.get("description") or {}
-                    tags = {
-                        "pattern_id": pid, "phase": str(result.get("phase", plan.phase_name)),
-                        "layer": str(result.get("layer", plan.patterns[pid].layer)),
-                        "backend": str(description.get("backend", plan.patterns[pid].backend)),
-                        "engine": str(result.get("engine")), "simulated": "true" if result.get("simulated") else "false",
-                        "validity": "valid" if (result.get("validity") or {}).get("valid") else "invalid",
-                        "result_sha256": sha, "git_revision": git_revision or "unknown", "status": INCOMPLETE,
-                    }
-                    accepted = latest_acceptance_note(result)
-                    if accepted:  # measured under older digests, accepted as current by `disagglab accept`
-                        tags["accepted"] = accepted[:5000]
-                    reasons = (result.get("validity") or {}).get("reasons")
-                    if reasons:
-                        tags["validity_reasons"] = "; ".join(map(str, reasons))[:5000]
                     keep = client.create_run(summary["experiment_id"], start_time=_millis(result.get("started_at")),
-                                             tags=tags, run_name=pid)
+                                             tags=_new_run_tags(plan, pid, result, sha, git_revision), run_name=pid)
                 _log_run(client, keep.info.run_id, result, data, pid, layout.logs(pid))
                 summary["created"].append(pid)
             elif keep.data.tags.get("status") == SUPERSEDED:
@@ -314,4 +363,5 @@ def log_phase(plan: Plan, results_dir: Path, uri: str, git_revision: str | None)
                     client.set_tag(old.info.run_id, "status", SUPERSEDED)
                     client.set_tag(old.info.run_id, "superseded_by", new_id)
                     summary["superseded"].append(old.info.run_id)
+        summary["recommended"] = _mark_answer(client, summary["runs"], existing, rows)
     return summary
