@@ -185,7 +185,8 @@ class PhaseLayout:
 
     @property
     def layer_markers(self) -> list[Path]:
-        return sorted(self.root.glob("*.done"))
+        """Every <layer>.done; not all.done, which lists layers, not results."""
+        return sorted(p for p in self.root.glob("*.done") if p != self.phase_marker)
 
     @property
     def corrupt_dir(self) -> Path:

@@ -194,3 +194,21 @@ def test_dry_run_of_another_layer_plans_only_its_patterns(tmp_path: Path) -> Non
     assert [j["layer"] for j in jobs["layer_done"]] == ["L1"]
     assert set(jobs) == {"render_task", "deploy_pattern", "run_trial", "fold_trials", "layer_done"}
     assert not (p.root / "results").exists()
+
+
+def test_the_phase_marker_is_not_swept_as_a_stale_layer_marker(tmp_path: Path) -> None:
+    """all.done lists layers, not results: the layer-marker sweep once read it as unreadable and
+    deleted it on every parse, so a finished phase's `all.done` was rebuilt on every run."""
+    from disagglab.results.sweeps import sweep_stale_layer_markers
+
+    phase = tmp_path / "results" / "phase5"
+    (phase / "runs").mkdir(parents=True)
+    result = phase / "runs" / "p5-a.json"
+    result.write_text("{}")
+    (phase / "L0.done").write_text(json.dumps({"patterns": {"p5-a": {"result": str(result)}}}))
+    (phase / "all.done").write_text(json.dumps({"phase": "phase5", "layers": {"L0": {}}}))
+    assert sweep_stale_layer_markers(tmp_path / "results") == []
+    assert (phase / "all.done").exists() and (phase / "L0.done").exists()
+    result.unlink()
+    assert sweep_stale_layer_markers(tmp_path / "results") == [str(phase / "L0.done")]
+    assert (phase / "all.done").exists()  # Snakemake rebuilds it after the newer L0.done
