@@ -18,7 +18,7 @@ from disagglab.report.answer import (
 from disagglab.report.answer_view import sentence
 from disagglab.report.cost import cost_per_million_output_tokens, pricing
 from disagglab.report.pareto import INTERACTIVITY, TTFT_P99, pareto_front, trade_off
-from disagglab.report.rows import ANSWER_COLUMNS, _trial_intervals, columns, rows_to_csv
+from disagglab.report.rows import ANSWER_COLUMNS, PREFIX_CACHE_COLUMNS, _trial_intervals, columns, rows_to_csv
 from disagglab.report.workloads import slo_text, workload_name
 
 SLO = "TTFT <= 500 ms, TPOT <= 50 ms"
@@ -199,9 +199,10 @@ def test_answer_columns_come_last_in_summary_csv() -> None:
     rows = [row("a", goodput=1.0, attainment=99.0, median_ttft_ms=5.0, zz_metric=1.0)]
     annotate(rows, INFRA, {"g5.12xlarge": 8.0})
     cols = columns(rows)
-    assert cols[-len(ANSWER_COLUMNS):] == list(ANSWER_COLUMNS) and "zz_metric" in cols[:-len(ANSWER_COLUMNS)]
+    last = [*ANSWER_COLUMNS, *PREFIX_CACHE_COLUMNS]
+    assert cols[-len(last):] == last and "zz_metric" in cols[:-len(last)]
     header, line = rows_to_csv(rows).splitlines()[:2]
-    assert header.endswith(",recommended,recommendation_rank") and line.endswith(",true,1")
+    assert header.endswith(",recommended,recommendation_rank," + ",".join(PREFIX_CACHE_COLUMNS)) and line.endswith(",true,1,,,")
 
 
 def test_goodput_intervals_come_from_the_trials_the_fold_kept() -> None:

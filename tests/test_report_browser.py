@@ -4,7 +4,6 @@ answers per GPU by topology."""
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 from pathlib import Path
 
@@ -12,9 +11,8 @@ import pytest
 
 from disagglab.plan.model import load_plan
 
-from conftest import ROOT, Project, finished_copy, make_project
-
-ARTIFACTS = ROOT / "test-artifacts"
+from browser import ARTIFACTS, answer_section, loaded_images
+from conftest import Project, finished_copy, make_project
 
 
 @pytest.fixture(scope="module")
@@ -30,46 +28,6 @@ def mlflow_runs(db: Path) -> list[tuple[str, str]]:
         return sorted(con.execute(
             "select r.name, t.value from runs r join experiments e on r.experiment_id = e.experiment_id "
             "join tags t on t.run_uuid = r.run_uuid and t.key = 'status' where e.name = 'disagglab-phase14'").fetchall())
-
-
-@pytest.fixture
-def chromium():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1280,2000"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def loaded_images(driver) -> int:
-    return driver.execute_script("return Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length")
-
-
-def answer_section(driver) -> dict:
-    """What the answer section shows: workloads, sentences, table rows and its images as the browser loaded them."""
-    from selenium.webdriver.common.by import By
-
-    section = driver.find_element(By.ID, "answer")
-    tables = section.find_elements(By.CSS_SELECTOR, "table.answer")
-    return {
-        "workloads": [h.text for h in section.find_elements(By.CSS_SELECTOR, "h3.workload")],
-        "sentences": [p.text for p in section.find_elements(By.CSS_SELECTOR, "p.recommendation")],
-        "tables": [[[td.text for td in tr.find_elements(By.TAG_NAME, "td")] for tr in t.find_elements(By.CSS_SELECTOR, "tbody tr")]
-                   for t in tables],
-        "images": driver.execute_script(
-            "return Array.from(document.querySelectorAll('#answer figure img')).map(i => "
-            "({id: i.closest('figure').previousElementSibling.id, alt: i.alt, loaded: i.complete && i.naturalWidth > 400}))"),
-        "banner": bool(section.find_elements(By.CSS_SELECTOR, "p.sim")),
-    }
 
 
 def test_report_in_headless_chromium(built: Project, chromium) -> None:

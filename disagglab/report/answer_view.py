@@ -16,7 +16,7 @@ from disagglab.report.cells import Table, fmt, with_ci, with_interval
 from disagglab.report.cost import COST_KEY, PRICE_TABLE, Pricing
 from disagglab.report.pareto import INTERACTIVITY, TradeOff
 from disagglab.report.plots import Plot
-from disagglab.report.rows import number
+from disagglab.report.rows import Row, number
 
 SIGNIFICANCE = {
     True: "the lead is significant (disjoint 95% CIs)",
@@ -85,8 +85,17 @@ def _frontiers(c: Candidate, trade_offs: tuple[TradeOff, ...]) -> str:
 
 
 COLUMNS = ("rank", "configuration", "GPUs", "SLO", "SLO attainment", "meets SLO", "goodput/GPU (req/s)", "out tok/s/GPU",
-           "$ per M out tokens", "tok/s per user", "TTFT p99", "on frontier", "pattern")
-NUMERIC = (True, False, True, False, True, False, True, True, True, True, True, False, False)
+           "$ per M out tokens", "tok/s per user", "TTFT p99", "on frontier", "pattern", "prefix hits measured / expected")
+NUMERIC = (True, False, True, False, True, False, True, True, True, True, True, False, False, False)
+
+
+def _prefix_hits(r: Row) -> str:
+    """The workload's prefix-cache hit rate as the servers counted it against an ideal cache's ('-' without a workload)."""
+    expected, measured = number(r.get("prefix_hit_rate_expected")), number(r.get("prefix_hit_rate_measured"))
+    if expected is None:
+        return "-"
+    shown = f"{'-' if measured is None else f'{measured:.2f}'} / {expected:.2f}"
+    return shown + " (gap flagged)" if r.get("prefix_hit_gap_flagged") else shown
 
 
 def _cells(rec: Recommendation, c: Candidate, price: Pricing, trade_offs: tuple[TradeOff, ...]) -> tuple[str, ...]:
@@ -98,7 +107,7 @@ def _cells(rec: Recommendation, c: Candidate, price: Pricing, trade_offs: tuple[
     return (ranked, configuration_name(r), str(r.get("gpus_used")), rec.slo or "none", "-" if c.attainment is None else f"{fmt(c.attainment)}%",
             meets, with_ci(c.value, c.interval) if rec.basis == GOODPUT and number(r.get("request_goodput")) is not None else "-",
             with_interval(r, "output_throughput_per_gpu", ""), _cost(c, price), with_ci(speed, INTERACTIVITY.interval(r)),
-            with_interval(r, "p99_ttft_ms", "ms"), _frontiers(c, trade_offs), str(r["pattern_id"]))
+            with_interval(r, "p99_ttft_ms", "ms"), _frontiers(c, trade_offs), str(r["pattern_id"]), _prefix_hits(r))
 
 
 def workload_answers(recs: list[Recommendation], figures: list[WorkloadFigures], price: Pricing) -> list[WorkloadAnswer]:

@@ -44,6 +44,9 @@ ANSWER_COLUMNS = (
     "request_goodput_per_gpu_ci_low", "request_goodput_per_gpu_ci_high", "cost_usd_per_m_output_tokens", "recommended",
     "recommendation_rank",
 )
+# A workload's prefix cache (results/prefix_cache.py): what an ideal cache would hit, what the servers
+# counted, and whether the gap was flagged. Last of all, for the same reason.
+PREFIX_CACHE_COLUMNS = ("prefix_hit_rate_expected", "prefix_hit_rate_measured", "prefix_hit_gap_flagged")
 # Result keys the fold gives no interval (it folds HEADLINE_METRICS only): the report takes theirs from the
 # per-trial numbers the fold keeps in `trials[].metrics`, so the fold's output never has to change.
 TRIAL_INTERVAL_METRICS = ("request_goodput",)
@@ -154,6 +157,10 @@ def _from_result(row: Row, pattern: Pattern, path: Path, result: dict[str, Any])
     ran = result.get("spec")
     if isinstance(ran, dict) and "slo" in ran:  # goodput was counted against the SLO the result ran with
         row["slo"] = slo_text(ran["slo"])
+    cache = (result.get("workload") or {}).get("prefix_cache") if isinstance(result.get("workload"), dict) else None
+    if isinstance(cache, dict):
+        row["prefix_hit_rate_expected"], row["prefix_hit_rate_measured"] = cache.get("expected_hit_rate"), cache.get("measured_hit_rate")
+        row["prefix_hit_gap_flagged"] = cache.get("flagged")
     preflight = (result.get("provenance") or {}).get("preflight")
     if isinstance(preflight, dict):
         row["preflight_transport"] = f"{preflight.get('transport')}{' (emulated)' if preflight.get('emulated') else ''}: " + ", ".join(preflight.get("devices") or [])
@@ -196,7 +203,7 @@ def _from_failure(row: Row, path: Path) -> None:
 
 def pattern_row(pattern: Pattern, results_dir: Path) -> Row:
     """The row of one pattern. Never raises for a broken file: the row says what is wrong and where."""
-    row: Row = dict.fromkeys((*STATE_COLUMNS, *PREFLIGHT_COLUMNS, *PER_GPU_COLUMNS, *ANSWER_COLUMNS))
+    row: Row = dict.fromkeys((*STATE_COLUMNS, *PREFLIGHT_COLUMNS, *PER_GPU_COLUMNS, *ANSWER_COLUMNS, *PREFIX_CACHE_COLUMNS))
     row.update(_params(pattern))
     row["gpus_used"] = gpus_used(pattern.spec, pattern.roles)
     result_path, failure_path = PhaseLayout(results_dir).result(pattern.id), PhaseLayout(results_dir).failure(pattern.id)
@@ -247,8 +254,8 @@ def collect_rows(plan: Plan, results_dir: Path) -> list[Row]:
 def columns(rows: list[Row]) -> list[str]:
     """Parameters, state, per-GPU numbers, every metric any row has in a stable order, then the answer's columns."""
     fixed = (*PARAM_COLUMNS, *STATE_COLUMNS, *PREFLIGHT_COLUMNS, *PER_GPU_COLUMNS)
-    metrics = {k for row in rows for k in row if k not in fixed and k not in ANSWER_COLUMNS}
-    return [*fixed, *sorted(metrics, key=metric_sort_key), *ANSWER_COLUMNS]
+    metrics = {k for row in rows for k in row if k not in fixed and k not in ANSWER_COLUMNS and k not in PREFIX_CACHE_COLUMNS}
+    return [*fixed, *sorted(metrics, key=metric_sort_key), *ANSWER_COLUMNS, *PREFIX_CACHE_COLUMNS]
 
 
 def _cell(value: Any) -> str:
