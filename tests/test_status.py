@@ -67,6 +67,7 @@ def test_list_without_a_phase_lists_every_plan(project: Project) -> None:
         "phase14: TCP vs EFA KV transfer, Qwen2.5-7B: L0 (6), L1 (12), L2 (12)",
         "phase15: Prefix caching and offline load, Qwen2.5-14B TP2: L0 (3), L1 (8), L2 (6)",
         "phase16: Prefill:decode ratio per GPU: L0 (8), L1 (2)",
+        "phase17: Workloads: shared prefixes, traces, length mixes: L0 (4), L1 (3), L2 (2)",
     ]
 
 
