@@ -29,6 +29,7 @@ class Phases:
         self.warnings: dict[str, list[Problem]] = {}
         """Per phase, once its plan is loaded: plan/checks.py warnings (validate, -n, status, plan.md show them)."""
         self.show_warnings = show_warnings
+        self._node_digests: dict[str, str] | None = None
 
     @cache  # noqa: B019 - one instance per Snakemake run
     def plan(self, phase: str) -> Plan:
@@ -63,8 +64,19 @@ class Phases:
         """role=sha256 strings: readable in Snakemake's 'Params have changed' reason."""
         return [f"{role}={self.task_digest(phase, pattern_id, role)}" for role in self.pattern(phase, pattern_id).roles]
 
+    @property
+    def node_digests(self) -> dict[str, str]:
+        """The node-side files' sha256, read once per instance (one Snakemake run sees one tree).
+
+        Listing and stat-ing the tree for every pattern's params was most of a large plan's
+        DAG build (bench/plan_scale.py: 10.5 of 15.5 s for 1000 patterns).
+        """
+        if self._node_digests is None:
+            self._node_digests = node_file_digests()
+        return self._node_digests
+
     def node_file_fingerprint(self, phase: str, pattern_id: str) -> list[str]:
-        files = files_for_pattern(self.pattern(phase, pattern_id), self.cfg["engine"], node_file_digests())
+        files = files_for_pattern(self.pattern(phase, pattern_id), self.cfg["engine"], self.node_digests)
         return [f"{rel}={sha}" for rel, sha in sorted(files.items())]
 
     def trial_results(self, phase: str, pattern_id: str) -> list[str]:
