@@ -11,11 +11,11 @@ concurrency of ``--concurrency`` (default 1, 8, 64, 256), runs a closed loop of
 streamed ``/v1/completions`` requests (ISL 128, OSL 16 with ``--quick``, 64
 otherwise) with:
 
-* ``rawsock``: ``fidelity_rawclient.py``, a minimal raw-socket client (one
+* ``rawsock``: ``fidelity_rawclient.py``, a naive raw-socket client (one
   ``selectors`` loop, no HTTP library, no JSON parsing, ``time.monotonic()``
-  right before ``sendall`` and right after ``recv``).  It is the floor: what
-  any Python client can do here.  Its absolute stamps also give the request
-  leg (server arrival - send) and response leg (receipt - server write);
+  right before ``sendall`` and right after ``recv``).  It is a reference, not
+  a floor: ours beats it from c=8 up.  Its absolute stamps also give the
+  request leg (server arrival - send) and response leg (receipt - server write);
 * ``ours``: ``scripts/benchmark_common.py`` (per-request ``ttft_ms`` and
   ``itl_ms`` under ``"requests"``; it sends ``X-Request-Id: <label>-<index>``);
 * ``aiperf`` 0.13.0 and ``guidellm`` 0.8.1, installed by this bench from PyPI
@@ -86,13 +86,15 @@ Other choices, stated so the numbers can be read correctly
   stream; the request waits in the kernel until the stand-in's event loop gets
   to it, and ``arrival`` is stamped then.  A perfect client would still see
   that wait, so it shows up as "error" for every client alike.  The
-  ``rawsock`` row measures it (its request leg) and is the floor at each
-  concurrency; column ``-floor`` is a client's signed median error minus the
-  floor's, the part the client itself adds.
-* Column ``srv conc`` is the time-weighted mean number of the client's
-  measured requests in flight at the stand-in.  A client that does not keep
-  ``c`` requests in flight loads the server less (less queueing, less input
-  lag), so its errors at that ``c`` are not comparable with the others'.
+  ``rawsock`` row measures it (its request leg); column ``-rawsock`` is a
+  client's signed median error minus the naive client's at the same
+  concurrency (negative: the client does better than the naive one).
+* Column ``held c`` is the time-weighted mean number of the client's
+  measured requests in flight at the stand-in: the concurrency it actually
+  held.  A client that does not keep ``c`` requests in flight loads the
+  server less (less queueing, less input lag), so a row that held less than
+  95% of ``c`` is marked NOT COMPARABLE, and such a peer row counts neither
+  in the goals nor in the RESULT line.
 * Peers run with their own defaults: guidellm starts up to 10 worker
   processes (``--guidellm-workers N`` sets ``GUIDELLM__MAX_WORKER_PROCESSES``;
   with 1 it kept only about 10 of 64 requests in flight here), aiperf sizes
@@ -498,11 +500,20 @@ def fmt(x: float, nd: int = 2) -> str:
     return "nan" if x is None or math.isnan(x) else f"{x:.{nd}f}"
 
 
+HELD_SHARE = 0.95
+"""A row that held less than this share of the requested concurrency loaded the server less: not comparable."""
+
+
+def comparable(s: RunStat) -> bool:
+    return not math.isnan(s.server_concurrency) and s.server_concurrency >= HELD_SHARE * s.concurrency
+
+
 def table(stats: list[RunStat]) -> str:
-    floor = {s.concurrency: s.ttft_signed_p50 for s in stats if s.client == "rawsock" and s.status == "ok"}
+    naive = {s.concurrency: s.ttft_signed_p50 for s in stats if s.client == "rawsock" and s.status == "ok"}
     head = (
-        f"{'client':<9}{'c':>4}  {'match':<13}{'ok/sent':>10}  {'TTFT|err| p50':>13}{'p99':>9}{'signed p50':>11}{'-floor':>8}"
-        f"  {'ITL gap|err| p50':>16}{'p99':>8}  {'ITL mean|err| p50':>17}{'p99':>8}  {'truth TTFT p50':>14}{'client p50':>11}{'srv conc':>9}{'wall s':>8}"
+        f"{'client':<9}{'c':>4}  {'match':<13}{'ok/sent':>10}  {'TTFT|err| p50':>13}{'p99':>9}{'signed p50':>11}{'-rawsock':>9}"
+        f"  {'ITL gap|err| p50':>16}{'p99':>8}  {'ITL mean|err| p50':>17}{'p99':>8}  {'truth TTFT p50':>14}{'client p50':>11}{'held c':>8}"
+        f"{'wall s':>8}  comparable"
     )
     lines = [head, "-" * len(head)]
     for s in stats:
@@ -510,11 +521,13 @@ def table(stats: list[RunStat]) -> str:
             lines.append(f"{s.client:<9}{s.concurrency:>4}  {s.status.upper()}: {s.reason}")
             continue
         gap = (fmt(s.gap_err_p50, 3), fmt(s.gap_err_p99, 3)) if not math.isnan(s.gap_err_p50) else ("n/a", "n/a")
-        over = fmt(s.ttft_signed_p50 - floor.get(s.concurrency, math.nan), 3) if s.client != "rawsock" else "-"
+        over = fmt(s.ttft_signed_p50 - naive.get(s.concurrency, math.nan), 3) if s.client != "rawsock" else "-"
+        verdict = "yes" if comparable(s) else f"NOT COMPARABLE (held {fmt(s.server_concurrency, 1)} of {s.concurrency})"
         lines.append(
             f"{s.client:<9}{s.concurrency:>4}  {s.match:<13}{f'{s.matched}/{s.sent}':>10}  {fmt(s.ttft_err_p50, 3):>13}"
-            f"{fmt(s.ttft_err_p99):>9}{fmt(s.ttft_signed_p50, 3):>11}{over:>8}  {gap[0]:>16}{gap[1]:>8}  {fmt(s.itl_mean_err_p50, 3):>17}"
-            f"{fmt(s.itl_mean_err_p99, 3):>8}  {fmt(s.truth_ttft_p50):>14}{fmt(s.client_ttft_p50):>11}{fmt(s.server_concurrency, 1):>9}{s.wall_s:>8.1f}"
+            f"{fmt(s.ttft_err_p99):>9}{fmt(s.ttft_signed_p50, 3):>11}{over:>9}  {gap[0]:>16}{gap[1]:>8}  {fmt(s.itl_mean_err_p50, 3):>17}"
+            f"{fmt(s.itl_mean_err_p99, 3):>8}  {fmt(s.truth_ttft_p50):>14}{fmt(s.client_ttft_p50):>11}{fmt(s.server_concurrency, 1):>8}{s.wall_s:>8.1f}"
+            f"  {verdict}"
         )
     return "\n".join(lines)
 
@@ -525,7 +538,7 @@ def lookup(stats: list[RunStat], client: str, c: int) -> RunStat | None:
 
 def result_line(stats: list[RunStat]) -> str:
     ours1, ours64 = lookup(stats, "ours", 1), lookup(stats, "ours", 64)
-    peers1 = [s.ttft_err_p50 for s in stats if s.client in PEER_NAMES and s.concurrency == 1 and s.status == "ok"]
+    peers1 = [s.ttft_err_p50 for s in stats if s.client in PEER_NAMES and s.concurrency == 1 and s.status == "ok" and comparable(s)]
     best = min(peers1) if peers1 else math.nan
 
     def v(s: RunStat | None) -> str:
@@ -545,12 +558,12 @@ def goals(stats: list[RunStat]) -> list[str]:
         out.append(f"goal ours c={c} TTFT |err| p50 <= {limit} ms: {verdict} ({fmt(s.ttft_err_p50, 3)} ms)")
     for c in sorted({s.concurrency for s in stats}):
         ours = lookup(stats, "ours", c)
-        peers = [s for s in stats if s.client in PEER_NAMES and s.concurrency == c and s.status == "ok"]
+        peers = [s for s in stats if s.client in PEER_NAMES and s.concurrency == c and s.status == "ok" and comparable(s)]
         if ours is None or not peers:
             continue
         beaten = [p.client for p in peers if p.ttft_err_p50 <= ours.ttft_err_p50]
         verdict = "met" if not beaten else f"MISSED (not lower than {', '.join(beaten)})"
-        out.append(f"goal ours c={c} lower TTFT |err| p50 than every peer that ran: {verdict}")
+        out.append(f"goal ours c={c} lower TTFT |err| p50 than every comparable peer: {verdict}")
     return out
 
 
@@ -607,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, out: Path, procs: Procs) -> int:
     t_start = time.monotonic()
+    load_before = os.getloadavg()[0]  # before the peers' install adds its own load
     mode = MODES["quick" if args.quick else "full"]
     cpus = sorted(os.sched_getaffinity(0))
     pin = not args.no_pin and len(cpus) >= 2
@@ -676,11 +690,13 @@ def run(args: argparse.Namespace, out: Path, procs: Procs) -> int:
     cal_end = calibrate_loopback(url, procs, out, client_cpus)
     print()
     print(
-        f"noise: load average {load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end; "
+        f"noise: load average {load_before:.2f} before the peers' install, {load_start:.2f} when the runs started, "
+        f"{os.getloadavg()[0]:.2f} at the end; "
         f"L re-measured at the end {cal_end['L_ms']:.3f} ms (start {loopback:.3f} ms)"
     )
     print("Error = client value - truth (ms); truth TTFT = server (first-token write - arrival) + L; ITL truth = server write gaps.")
-    print("srv conc = mean requests in flight at the stand-in while the measured requests ran (a client below c loads it less).")
+    print("held c = mean requests in flight at the stand-in while the measured requests ran; below 95% of c the row is not comparable.")
+    print(f"-rawsock = signed p50 error minus the naive raw-socket client's at the same c (a reference, not a floor). {pin_text}.")
     print(table(stats))
     print()
     for s in stats:
@@ -715,6 +731,8 @@ def run(args: argparse.Namespace, out: Path, procs: Procs) -> int:
         "osl": mode.osl,
         "quick": bool(args.quick),
         "pinned": pin,
+        "pinning": pin_text,
+        "load_average": {"before_install": load_before, "runs_start": load_start},
         "calibration": cal,
         "calibration_end": cal_end,
         "peers": {k: {"available": v.available, "reason": v.reason, "version": v.spec.version} for k, v in peers.items()},

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Minimal streaming client used by bench/client_fidelity.py as a floor and for calibration.
+"""Naive streaming client used by bench/client_fidelity.py as a reference row (not a floor) and for calibration.
 
 Standard library only.  ``--concurrency`` keep-alive HTTP/1.1 connections
 (TCP_NODELAY), one ``selectors`` loop, a closed loop of streamed
