@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workload: dict[str, Any] = json.loads(own["--workload-json"][0])
         requests = workload_requests(cfg, workload, read_trace_file(workload, own["--workload-file"]))
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        sys.exit(f"benchmark_workload: --workload-json: {exc}")
+        sys.exit(f"benchmark_workload: cannot build the workload's requests: {exc}")
     urls = own["--metrics-url"]
     try:
         before = read_counters(urls)

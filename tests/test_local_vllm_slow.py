@@ -1,5 +1,6 @@
 """Real vLLM (CPU build) through the whole pipeline on this machine: one unified and one tcp
-pattern of a tiny plan, and a 2 prefill x 1 decode tcp topology, with `--config engine=vllm`,
+pattern of a tiny plan, a 2 prefill x 1 decode tcp topology, and a shared-prefix workload whose
+prefix-cache hits real vLLM counts in its own /metrics, with `--config engine=vllm`,
 the same templates, runner, proxy and benchmark as everywhere else.
 
 Marker `vllm_cpu`: deselected by default (pyproject addopts), run with `make test-vllm` or
@@ -23,6 +24,7 @@ VENV = ROOT / ".venv-vllm"
 MODEL = ROOT / ".models" / "tiny-llama"
 MEASURED = 4
 TOPOLOGY_ID = "p90-tcp-64-c2-2p1d"
+SHARED_ID = "p90-unified-320-c1-shared"
 PLAN = {
     "phase": 90,
     "name": "real vLLM on CPU",
@@ -38,7 +40,10 @@ PLAN = {
                              {"id": "p90-tcp-64-c1", "backend": "tcp", "prompt_tokens": 64, "concurrency": 1}]},
                {"id": "L1", "name": "2P1D", "priority": "P1", "description": "two prefill servers, one decode server",
                 "patterns": [{"id": TOPOLOGY_ID, "backend": "tcp", "prompt_tokens": 64, "concurrency": 2,
-                              "prefill": {"instances": 2, "tp_size": 1}, "decode": {"instances": 1, "tp_size": 1}}]}],
+                              "prefill": {"instances": 2, "tp_size": 1}, "decode": {"instances": 1, "tp_size": 1}}]},
+               {"id": "L2", "name": "shared prefix", "priority": "P2", "description": "prefix caching on a shared prefix",
+                "patterns": [{"id": SHARED_ID, "backend": "unified", "prompt_tokens": 320, "concurrency": 1, "prefix_cache": True,
+                              "workload": {"kind": "shared_prefix", "prefix_tokens": 256, "num_prefixes": 1}}]}],
 }
 
 
@@ -106,6 +111,25 @@ def test_two_prefill_servers_and_one_decode_server_with_real_vllm(vllm_project: 
     finally:
         names = [e["name"] for e in entries]
         assert {"producer", "producer-1", "consumer", "proxy", "benchmark"} <= set(names), names
+        assert alive_groups(entries) == [], [(e["name"], live_group_members(e["pgid"])) for e in alive_groups(entries)]
+
+
+def test_real_vllm_counts_the_prefix_cache_hits_the_workload_expects(vllm_project: Project) -> None:
+    """One shared 256-token prefix (a whole number of blocks at vLLM's 16 and CPU's 128) of 320-token
+    prompts, one request at a time: every request after the first (the warmup) reuses it, and vLLM's
+    own vllm:prefix_cache_* counters must say so."""
+    out = vllm_project.snakemake(f"results/phase90/runs/{SHARED_ID}.json", "--config", "engine=vllm", timeout=1500)
+    entries = ledger_entries(vllm_project.root)
+    try:
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:] + _failures(vllm_project)
+        result = vllm_project.result("phase90", SHARED_ID)
+        assert result["engine"] == "vllm" and result["validity"]["valid"], result["validity"]
+        measured, check = result["workload"]["measured"], result["workload"]["prefix_cache"]
+        assert measured["queried_tokens"] == (MEASURED + 1) * 320, measured
+        assert check["expected_hit_rate"] == pytest.approx(MEASURED * 256 / ((MEASURED + 1) * 320))
+        assert measured["hit_tokens"] == MEASURED * 256 and not check["flagged"], (measured, check)
+        print(f"{SHARED_ID}: {check['note']}, mean TTFT {result['mean_ttft_ms']:.1f} ms")
+    finally:
         assert alive_groups(entries) == [], [(e["name"], live_group_members(e["pgid"])) for e in alive_groups(entries)]
 
 
