@@ -245,3 +245,15 @@ def test_editing_a_trace_reruns_only_the_patterns_that_replay_it(ran: Project) -
     (ran.root / "plans" / "traces" / "b.csv").write_text(TRACE_B.replace(",2\n", ",3\n"))
     jobs = ran.dry_run_jobs(target)
     assert sorted(j["pattern"] for j in jobs.get("run_trial", [])) == ["p87-unified-trace-b"]
+
+
+def test_the_node_refuses_a_trace_whose_bytes_are_not_the_planned_ones(tmp_path: Path) -> None:
+    client = load_script_module("benchmark_workload")
+    trace = tmp_path / "t.jsonl"
+    trace.write_text(TRACE_A)
+    workload = {"kind": "trace", "file": "t.jsonl", "format": "mooncake", "sha256": control.trace_facts(trace, "mooncake").sha256}
+    assert len(client.read_trace_file(workload, [str(trace)])) == 8
+    trace.write_text(TRACE_A + TRACE_A)  # edited after the task was rendered
+    with pytest.raises(ValueError, match="the task was rendered for"):
+        client.read_trace_file(workload, [str(trace)])
+    assert client.read_trace_file({"kind": "lengths"}, []) == []
