@@ -14,8 +14,9 @@ otherwise) with:
 * ``rawsock``: ``fidelity_rawclient.py``, a naive raw-socket client (one
   ``selectors`` loop, no HTTP library, no JSON parsing, ``time.monotonic()``
   right before ``sendall`` and right after ``recv``).  It is a reference, not
-  a floor: ours beats it from c=8 up.  Its absolute stamps also give the
-  request leg (server arrival - send) and response leg (receipt - server write);
+  a floor: a better client can beat it (ours did at c=8 and c=64 in the run
+  of 2026-12-06, not at c=256).  Its absolute stamps also give the request
+  leg (server arrival - send) and response leg (receipt - server write);
 * ``ours``: ``scripts/benchmark_common.py`` (per-request ``ttft_ms`` and
   ``itl_ms`` under ``"requests"``; it sends ``X-Request-Id: <label>-<index>``);
 * ``aiperf`` 0.13.0 and ``guidellm`` 0.8.1, installed by this bench from PyPI
