@@ -59,13 +59,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import proxy_goals
+from proxy_fakes import prefill_answer
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 PROXY = ROOT / "scripts" / "disagg_proxy_server.py"
 OUR_LISTENING = re.compile(r"proxy listening on http://127\.0\.0\.1:(\d+)")
 OUR_LOOP = re.compile(r"event loop: (\S+)")
-PATHS = ("direct-D", "ours", "reference")
-PROXIES = ("ours", "reference", "baseline")
+PATHS = ("direct-D", "ours", "floor", "floor+json", "reference")
+PROXIES = ("ours", "floor", "floor+json", "reference", "baseline")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 QUICK = {"rounds": 3, "c1_requests": 80, "c64_requests": 192, "rate_seconds": 2.0, "rate_c1_seconds": 1.0, "warmup": 200}
@@ -244,6 +247,7 @@ class Samples:
     rate_c64: list[tuple[int, float]] = field(default_factory=list)  # (completed, seconds)
     rate_c1: list[tuple[int, float]] = field(default_factory=list)
     cpu_c64: list[float] = field(default_factory=list)  # proxy CPU seconds per request during rate c64
+    cpu_c64_stream: list[float] = field(default_factory=list)  # the same with --chunk-stream chunks per request
     failed: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -280,7 +284,11 @@ def start_all(children: Children, args: argparse.Namespace) -> dict[str, Any]:
     backends += ["--decoder-hosts", "127.0.0.1", "--decoder-ports", str(d_port)]
     ours = children.start("ours", [py, str(args.proxy), "--host", "127.0.0.1", "--port", "0", *backends])
     ref = children.start("reference", [py, str(BENCH / "proxy_reference.py"), "--port", "0", *backends], pipes=True)
+    floor = children.start("floor", [py, str(BENCH / "proxy_floor.py"), "--host", "127.0.0.1", "--port", "0", *backends])
     ours_port = int(wait_for_log(ours, OUR_LISTENING).group(1))
+    floor_json = children.start("floor+json", [py, str(BENCH / "proxy_floor.py"), "--check-json", "--host", "127.0.0.1", "--port", "0", *backends])
+    floor_port = int(wait_for_log(floor, OUR_LISTENING).group(1))
+    floor_json_port = int(wait_for_log(floor_json, OUR_LISTENING).group(1))
     extra_urls, extra_pids = {}, {}
     if args.baseline_proxy:
         base = children.start("baseline", [py, str(args.baseline_proxy), "--host", "127.0.0.1", "--port", "0", *backends])
@@ -300,11 +308,15 @@ def start_all(children: Children, args: argparse.Namespace) -> dict[str, Any]:
             "direct-P": f"http://127.0.0.1:{p_port}/v1/completions",
             "ours": f"http://127.0.0.1:{ours_port}/v1/completions",
             "reference": f"http://127.0.0.1:{ref_port}/v1/completions",
+            "floor": f"http://127.0.0.1:{floor_port}/v1/completions",
+            "floor+json": f"http://127.0.0.1:{floor_json_port}/v1/completions",
             **extra_urls,
         },
         "pids": {
             "ours": ours.proc.pid,
             "reference": ref.proc.pid,
+            "floor": floor.proc.pid,
+            "floor+json": floor_json.proc.pid,
             "fake-P": fake_p.proc.pid,
             "fake-D": fake_d.proc.pid,
             "loadgen": loadgen.proc.pid,
@@ -323,6 +335,7 @@ def measure(env: dict[str, Any], args: argparse.Namespace) -> tuple[dict[str, Sa
     body_c1 = stream_body(prompt, args.c1_chunks, args.gap_ms)
     body_c64 = stream_body(prompt, args.c64_chunks, args.c64_gap_ms)
     body_rate = stream_body(prompt, 1, 0.0)
+    body_chunks = stream_body(prompt, args.chunk_stream, args.chunk_gap_ms)
     body_p = prefill_body(body_c1)
     sse_end, json_end = "data: [DONE]", "}"
     paths: tuple[str, ...] = env["paths"]
@@ -361,6 +374,11 @@ def measure(env: dict[str, Any], args: argparse.Namespace) -> tuple[dict[str, Sa
             if name == "ours":
                 for proc, secs in used.items():
                     cpu_by_proc[proc].append(secs / answer["elapsed"])
+            if name in PROXIES:
+                before = {proc: cpu_seconds(pid) for proc, pid in env["pids"].items()}
+                answer = gen(op="rate", url=urls[name], body=body_chunks, tail=sse_end, concurrency=64, duration=args.rate_seconds)
+                s.cpu_c64_stream.append((cpu_seconds(env["pids"][name]) - before[name]) / max(1, answer["completed"]))
+                s.add_failures(answer)
             answer = gen(op="rate", url=urls[name], body=body_rate, tail=sse_end, concurrency=1, duration=args.rate_c1_seconds)
             s.rate_c1.append((answer["completed"], answer["elapsed"]))
             s.ttft_b2b += answer["ttft"]
@@ -387,7 +405,7 @@ def versions() -> str:
 
 def report(
     samples: dict[str, Samples], cpu_by_proc: dict[str, list[float]], env: dict[str, Any], args: argparse.Namespace
-) -> tuple[float, float]:
+) -> tuple[float, float, str]:
     d, ours, ref, p = samples["direct-D"], samples["ours"], samples["reference"], samples["direct-P"]
     lines = [
         "",
@@ -449,11 +467,30 @@ def report(
         f"  reference adds {ms(pct(ref.ttft_c1, 50) - pct(d.ttft_c1, 50))} ms at c1 ({ms(pct(ref.ttft_b2b, 50) - pct(d.ttft_b2b, 50))} back to back)",
         f"CPU in use while ours ran at c64 (CPU s per s, median over rounds): {shares}",
     ]
+    figures = {name: goal_figures(samples[name], d, args.chunk_stream) for name in ("ours", "floor", "floor+json")}
+    json_us = proxy_goals.json_work_us(stream_body(prompt_ids(args.prompt_tokens, args.seed), 1, 0.0), prefill_answer())
+    lines += [
+        "",
+        f"JSON work of ours per request, in-process (check the client's {args.prompt_tokens}-token body, splice P's and D's): "
+        f"{json_us:.1f} us",
+        *proxy_goals.table(figures),
+    ]
     for name, s in samples.items():
         if s.failed:
             lines.append(f"FAILED requests on {name}: {s.failed}, e.g. {s.errors}")
     print("\n".join(lines), flush=True)
-    return added_p50, ratio
+    return added_p50, ratio, proxy_goals.result_fields(figures) + f" json_us_per_request={json_us:.1f}"
+
+
+def goal_figures(s: Samples, direct_d: Samples, chunks: int) -> dict[str, float]:
+    """The figures item 6 sets goals for, for one proxy path (medians over rounds, pooled percentiles)."""
+    per_request = statistics.median(s.cpu_c64)
+    return {
+        "cpu_us_per_request": per_request * 1e6,
+        "cpu_us_per_chunk": (statistics.median(s.cpu_c64_stream) - per_request) / (chunks - 1) * 1e6,
+        "added_ttft_p50_ms_c64": (pct(s.ttft_c64, 50) - pct(direct_d.ttft_c64, 50)) * 1000,
+        "own_ms_c1": (pct(s.ttft_c1, 50) - pct(direct_d.ttft_c1, 50) - pct(s.proxy_prefill_c1, 50)) * 1000,
+    }
 
 
 def log(message: str) -> None:
@@ -476,6 +513,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gap-ms", type=float, default=5.0, help="gap between D's chunks at c1")
     parser.add_argument("--c64-chunks", type=int, default=16)
     parser.add_argument("--c64-gap-ms", type=float, default=20.0, help="gap between D's chunks at c64")
+    parser.add_argument("--chunk-stream", type=int, default=32, help="chunks per stream in the c64 run that prices a relayed chunk")
+    parser.add_argument("--chunk-gap-ms", type=float, default=5.0, help="gap between D's chunks in that run (each chunk its own read)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--proxy", type=Path, default=PROXY, help="the proxy script measured as 'ours' (same CLI; default: %(default)s)")
     parser.add_argument(
@@ -506,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         env = start_all(children, args)
         samples, cpu_by_proc = measure(env, args)
-        added, ratio = report(samples, cpu_by_proc, env, args)
+        added, ratio, goals = report(samples, cpu_by_proc, env, args)
     except (KeyboardInterrupt, Interrupted) as exc:
         log(f"interrupted ({str(exc) or 'SIGINT'}); stopping every process")
         return 130
@@ -521,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
                 path.unlink()
             workdir.rmdir()
     log(f"done in {time.monotonic() - started:.0f} s")
-    print(f"RESULT proxy_overhead added_ttft_p50_ms_c1={added * 1000:.3f} rps_ratio_vs_reference_c64={ratio:.2f}", flush=True)
+    print(f"RESULT proxy_overhead {goals} added_ttft_p50_ms_c1={added * 1000:.3f} rps_ratio_vs_reference_c64={ratio:.2f}", flush=True)
     return 1 if any(s.failed for s in samples.values()) else 0
 
 

@@ -80,6 +80,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=10.0,
         help="on SIGTERM/SIGINT, seconds in-flight requests may take to finish",
     )
+    parser.add_argument(
+        "--log-every",
+        type=int,
+        default=1000,
+        help="log one successful request in this many at INFO (failures and the first 10 always)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning"),
+        default="info",
+        help="debug: a line for every request",
+    )
     args = parser.parse_args(argv)
     given = argv if argv is not None else sys.argv[1:]
     if (args.unified_hosts is None) != (args.unified_ports is None):
@@ -97,6 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--health-interval and --health-timeout must be positive")
     if args.eject_after < 1:
         parser.error("--eject-after must be at least 1")
+    if args.log_every < 1:
+        parser.error("--log-every must be at least 1")
     if args.shutdown_grace < 0:
         parser.error("--shutdown-grace must not be negative")
     return args
@@ -107,10 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
         stream=sys.stderr,
-        level=logging.INFO,
+        level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s disagg_proxy: %(message)s",
     )
-    # One log line per request: skip what the format does not use (stack walk, thread and
+    # Request lines on the hot path: skip what the format does not use (stack walk, thread and
     # process names), as the logging module allows.
     logging._srcfile = None  # type: ignore[attr-defined]
     logging.logThreads = False

@@ -242,7 +242,8 @@ class ProxyProcess:
         roles = [("unified", unified)] if unified else [("prefiller", prefill), ("decoder", decode)]
         for role, ports in roles:
             argv += [f"--{role}-hosts", *["127.0.0.1"] * len(ports), f"--{role}-ports", *map(str, ports)]
-        argv += ["--connect-timeout", "2", "--read-timeout", str(read_timeout), *extra]
+        # Every request's line (DEBUG): tests find a request's line by its id; test_request_lines_are_sampled checks INFO.
+        argv += ["--connect-timeout", "2", "--read-timeout", str(read_timeout), "--log-level", "debug", *extra]
         self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         self.port = 0
@@ -524,6 +525,39 @@ def test_one_log_line_per_request(proxies, client):
     ):
         assert key in lines[0]
     assert re.search(r"total_ms=\d+\.\d+", lines[0])
+
+
+def test_request_lines_are_sampled_at_info(cluster):
+    """At INFO (the node's level) a 200k-request run must not write a line per request: the first
+    10, every --log-every-th and every failure only."""
+    proxy = ProxyProcess([cluster["P0"].port], [cluster["D0"].port], extra=("--log-level", "info", "--log-every", "5"))
+    try:
+        ids = [f"s{i}-{uuid.uuid4()}" for i in range(1, 18)]
+        with httpx.Client(timeout=10) as http:
+            for rid in ids:
+                r = http.post(proxy.url + "/v1/completions", json=completion_body(stream=False), headers={"X-Request-Id": rid})
+                assert r.status_code == 200
+        proxy.proc.terminate()
+        assert proxy.wait(10) == 0
+        logged = [i for i, rid in enumerate(ids, 1) if any(rid in line for line in proxy.lines)]
+        assert logged == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15], logged
+        assert any("then every 5th" in line for line in proxy.lines)
+    finally:
+        proxy.stop()
+
+
+def test_a_failed_request_is_logged_at_info(cluster):
+    proxy = ProxyProcess([cluster["P500"].port], [cluster["D0"].port], extra=("--log-level", "info", "--health-interval", "3600"))
+    try:
+        with httpx.Client(timeout=10) as http:
+            for i in range(12):  # past the first 10, which are logged anyway
+                rid = f"fail{i}-{uuid.uuid4()}"
+                r = http.post(proxy.url + "/v1/completions", json=completion_body(stream=False), headers={"X-Request-Id": rid})
+                assert r.status_code == 502
+        line = proxy.wait_for_log(f"request_id={rid}")
+        assert "status=502" in line and "error=" in line
+    finally:
+        proxy.stop()
 
 
 # --------------------------------------------------------------------------- relaying

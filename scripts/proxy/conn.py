@@ -67,6 +67,12 @@ class Conn(asyncio.Protocol):
         self.pieces: collections.deque[bytes] = collections.deque()
         self.queued = 0
         self.paused = False
+        # One lazily re-armed timer instead of one per wait (a wait per relayed chunk).
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+        self.wait_timeout = 0.0
+        self.wait_started = 0.0
+        self.last_data = 0.0
         self.new_response(False)
 
     def new_response(self, head_only: bool) -> None:
@@ -91,6 +97,9 @@ class Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
+        self.last_data = self.loop.time()
+        if self.state == _CHUNK_SIZE and not self.buf:
+            data = self._whole_chunks(data)
         self.buf += data
         try:
             self._parse()
@@ -116,6 +125,27 @@ class Conn(asyncio.Protocol):
         self._wake()
 
     # ----- parsing
+
+    def _whole_chunks(self, data: bytes) -> bytes:
+        """The relay's common case, one or more whole chunks (an SSE event each): their data
+        becomes pieces without a pass through ``buf``. What is left (a partial chunk, the last
+        chunk, a chunk extension) goes to the state machine."""
+        at = 0
+        while True:
+            end = data.find(b"\r\n", at)
+            if end < 0:
+                break
+            try:
+                size = int(data[at:end], 16)
+            except ValueError:
+                break
+            stop = end + 2 + size
+            if size <= 0 or data[stop : stop + 2] != b"\r\n":
+                break
+            self.pieces.append(data[end + 2 : stop])
+            self.queued += size
+            at = stop + 2
+        return data[at:] if at else data
 
     def _parse(self) -> None:
         buf = self.buf
@@ -216,8 +246,23 @@ class Conn(asyncio.Protocol):
         self.abort()
         self._wake()
 
-    def _on_timeout(self, timeout: float) -> None:
-        self._fail(BackendTimeout(f"no data for {timeout:g}s"))
+    def _arm(self, at: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer_at = at
+        self.timer = self.loop.call_at(at, self._check_timeout)
+
+    def _check_timeout(self) -> None:
+        """A wait fails after wait_timeout without data (counted from the later of its start and
+        the last bytes received); with no one waiting the timer is not re-armed."""
+        self.timer = None
+        if self.waiter is None or self.waiter.done():
+            return
+        deadline = max(self.last_data, self.wait_started) + self.wait_timeout
+        if self.loop.time() >= deadline:
+            self._fail(BackendTimeout(f"no data for {self.wait_timeout:g}s"))
+        else:
+            self._arm(deadline)
 
     async def _wait(self, timeout: float) -> None:
         if self.failure is not None:
@@ -225,12 +270,14 @@ class Conn(asyncio.Protocol):
         if self.closed:
             raise Disconnected("connection closed")
         waiter = self.waiter = self.loop.create_future()
-        timer = self.loop.call_later(timeout, self._on_timeout, timeout)
+        now = self.wait_started = self.loop.time()
+        self.wait_timeout = timeout
+        if self.timer is None or self.timer_at > now + timeout:
+            self._arm(now + timeout)
         try:
             await waiter
         finally:
             self.waiter = None
-            timer.cancel()
 
     async def read_head(self, timeout: float) -> None:
         while self.state == _HEAD:
@@ -274,6 +321,9 @@ class Conn(asyncio.Protocol):
 
     def abort(self) -> None:
         self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.transport is not None:
             self.transport.abort()
 

@@ -14,17 +14,18 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import web
-
 from .backends import PREFILL, Backend, BackendError, RequestStats
 from .balancer import BackendState, Balancer
 from .conn import BackendFailure, Conn, ConnectFailed
+from .http_server import Request, Response, StreamOut
 from .metrics import Metrics
 from .pool import BODY_EXCERPT_CHARS, describe, excerpt, header_value, request_head
-from .responses import RelayResponse, diagnostic_headers, json_response, sse_error_event
+from .responses import diagnostic_headers, json_response, sse_error_event
 from .splice import InvalidClientJSON, NotAnObject, check_deferred, decode_body, kv_member_of, parse_members, prefill_body
 
 LOG = logging.getLogger("disagg_proxy")
+# Requests logged at INFO before sampling starts, so that a run's start can be read in the log.
+LOG_FIRST_REQUESTS = 10
 
 
 class Proxy(Balancer):
@@ -40,18 +41,21 @@ class Proxy(Balancer):
         health_timeout: float = 1.0,
         eject_after: int = 2,
         unified: list[Backend] | None = None,
+        log_every: int = 1000,
     ) -> None:
         super().__init__(prefill, decode, connect_timeout, health_interval, health_timeout, eject_after, unified)
         self.read_timeout = read_timeout
         self.metrics = Metrics()
         self.in_flight = 0
         self.draining = False
+        self.log_every = log_every
+        self.finished = 0
         self.drained = asyncio.Event()
 
     def _describe(self, exc: BaseException) -> str:
         return describe(exc, self.connect_timeout, self.read_timeout)
 
-    def _no_healthy(self, role: str, request_id: str) -> web.Response:
+    def _no_healthy(self, role: str, request_id: str) -> Response:
         states = self.roles[role]
         why = [{"url": s.backend.url, "error": s.last_error or "ejected"} for s in states]
         message = f"no healthy {role} backend: " + "; ".join(f"{w['url']} ({w['error']})" for w in why)
@@ -61,7 +65,7 @@ class Proxy(Balancer):
 
     # ----------------------------------------------------------------- completions
 
-    async def handle_completion(self, request: web.Request) -> web.StreamResponse:
+    async def handle_completion(self, request: Request) -> Response | StreamOut:
         """POST /v1/completions and /v1/chat/completions: P first, then relay D (or relay a unified replica)."""
         self.in_flight += 1
         status = "499"
@@ -70,7 +74,7 @@ class Proxy(Balancer):
             status = str(response.status)
             return response
         except Exception:
-            status = "500"  # aiohttp answers an unhandled exception with a 500
+            status = "500"  # the server answers an unhandled exception with a 500
             raise
         finally:
             self.in_flight -= 1
@@ -78,15 +82,15 @@ class Proxy(Balancer):
             if self.draining and not self.in_flight:
                 self.drained.set()
 
-    async def _completion(self, request: web.Request) -> web.StreamResponse:
-        request_id = request.headers.get("X-Request-Id") or str(uuid.uuid4())
+    async def _completion(self, request: Request) -> Response | StreamOut:
+        request_id = request.headers.get("x-request-id") or str(uuid.uuid4())
         if self.draining:
             self.metrics.errors[("proxy", "shutting_down")] += 1
             payload = {"error": {"message": "proxy is shutting down", "type": "service_unavailable", "role": None}}
             response = json_response(payload, 503, {"X-Request-Id": request_id})
             response.force_close()
             return response
-        raw = await request.read()
+        raw = request.body
         deferred: list[tuple[int, int]] = []
         try:
             text = raw.decode("utf-8")
@@ -106,7 +110,7 @@ class Proxy(Balancer):
             return self._no_healthy(self.target, request_id)
         stats = RequestStats(request_id, request.path, prefill.backend if prefill else None, decode.backend)
         extra = f"X-Request-Id: {header_value(request_id)}\r\n"
-        authorization = request.headers.get("Authorization")
+        authorization = request.headers.get("authorization")
         if authorization:
             extra += f"Authorization: {header_value(authorization)}\r\n"
         try:
@@ -127,9 +131,19 @@ class Proxy(Balancer):
             total = time.perf_counter() - stats.started
             if stats.decode_first_byte_ms is not None:
                 self.metrics.total.observe(total)
-            LOG.info(stats.log_line(total * 1000.0))
+            self._log(stats, total * 1000.0)
 
-    def _client_error(self, message: str, request_id: str) -> web.Response:
+    def _log(self, stats: RequestStats, total_ms: float) -> None:
+        """Every failure, the first requests and every log_every-th at INFO; all at DEBUG.
+        A line per request costs CPU on the measured path and fills disks on long runs."""
+        self.finished += 1
+        failed = stats.error is not None or stats.status is None or not 200 <= stats.status < 300
+        if failed or self.finished <= LOG_FIRST_REQUESTS or self.finished % self.log_every == 0:
+            LOG.info(stats.log_line(total_ms))
+        elif LOG.isEnabledFor(logging.DEBUG):
+            LOG.debug(stats.log_line(total_ms))
+
+    def _client_error(self, message: str, request_id: str) -> Response:
         """400 in the OpenAI error shape; the client's mistake, no backend involved."""
         self.metrics.errors[("client", "bad_request")] += 1
         payload = {"error": {"message": message, "type": "invalid_request_error"}}
@@ -144,7 +158,7 @@ class Proxy(Balancer):
 
     async def _proxy(
         self,
-        request: web.Request,
+        request: Request,
         raw: bytes,
         text: str,
         members: list[tuple[str, Any, int, int]],
@@ -153,7 +167,7 @@ class Proxy(Balancer):
         stats: RequestStats,
         prefill: BackendState | None,
         decode: BackendState,
-    ) -> web.StreamResponse:
+    ) -> Response | StreamOut:
         """The two legs of one request; BackendError means nothing was sent to the client.
 
         Long token-id arrays are validated while P works on the request (InvalidClientJSON: a
@@ -206,12 +220,12 @@ class Proxy(Balancer):
 
     async def _relay_decode(
         self,
-        request: web.Request,
+        request: Request,
         state: BackendState,
         body: bytes,
         extra: str,
         stats: RequestStats,
-    ) -> web.StreamResponse:
+    ) -> Response | StreamOut:
         """Relay D's answer as it arrives, with D's status and content type."""
         pool = state.pool
         start = time.perf_counter()
@@ -235,7 +249,7 @@ class Proxy(Balancer):
             self.metrics.first_byte.observe(elapsed)
             headers = diagnostic_headers(stats)
             headers["Content-Type"] = conn.headers.get("content-type", "application/json")
-            out = RelayResponse(status=conn.status, headers=headers)
+            out = StreamOut(status=conn.status, headers=headers)
             length = conn.headers.get("content-length")
             if length is not None and "chunked" not in conn.headers.get("transfer-encoding", ""):
                 out.content_length = int(length)
@@ -252,7 +266,7 @@ class Proxy(Balancer):
         finally:
             pool.release(conn)
 
-    async def _pump(self, first: bytes, conn: Conn, out: web.StreamResponse, stats: RequestStats) -> None:
+    async def _pump(self, first: bytes, conn: Conn, out: StreamOut, stats: RequestStats) -> None:
         """Copy chunks without buffering; turn mid-stream failures into a visible end."""
         try:
             if first:
@@ -262,8 +276,10 @@ class Proxy(Balancer):
                 chunk = await conn.read_piece(self.read_timeout)
                 if not chunk:
                     break
-                await out.write(chunk)
+                out.send(chunk)  # no coroutine per chunk unless the client is slow
                 stats.bytes_out += len(chunk)
+                if out.blocked:
+                    await out.drained()
         except ConnectionResetError:
             # The client went away: drop D's connection so D stops generating for nobody.
             stats.error = "client disconnected"
@@ -275,7 +291,7 @@ class Proxy(Balancer):
             return
         await out.write_eof()
 
-    async def _end_broken_stream(self, conn: Conn, out: web.StreamResponse, stats: RequestStats, exc: BackendFailure) -> None:
+    async def _end_broken_stream(self, conn: Conn, out: StreamOut, stats: RequestStats, exc: BackendFailure) -> None:
         """Headers are gone already: say what broke in-band (SSE) or cut the body short."""
         conn.abort()
         self.metrics.errors[(self.target, "mid_stream")] += 1
@@ -294,7 +310,7 @@ class Proxy(Balancer):
 
     # ----------------------------------------------------------------- health, models, metrics
 
-    async def handle_health(self, request: web.Request) -> web.Response:
+    async def handle_health(self, request: Request) -> Response:
         """Probe every backend's /health concurrently; ready only if one P and one D (or one unified replica) answer.
         The probes count as health checks (a backend that answers returns to the round robin)."""
         results = await asyncio.gather(*(self.probe(s) for s in self.states))
@@ -306,9 +322,9 @@ class Proxy(Balancer):
         payload = {"status": "ok" if ok else "unavailable", **counts, "backends": results}
         return json_response(payload, 200 if ok else 503, {})
 
-    async def handle_models(self, request: web.Request) -> web.Response:
+    async def handle_models(self, request: Request) -> Response:
         """GET /v1/models from a decode server (or unified replica), so clients can discover the model name."""
-        request_id = request.headers.get("X-Request-Id") or str(uuid.uuid4())
+        request_id = request.headers.get("x-request-id") or str(uuid.uuid4())
         state = self.pick(self.target)
         if state is None:
             response = self._no_healthy(self.target, request_id)
@@ -317,7 +333,7 @@ class Proxy(Balancer):
         self.metrics.requests[(request.path, str(response.status))] += 1
         return response
 
-    async def _models(self, state: BackendState) -> web.Response:
+    async def _models(self, state: BackendState) -> Response:
         pool = state.pool
         try:
             conn = await pool.request(request_head("GET", "/v1/models", pool.host_header, None), b"", self.read_timeout)
@@ -329,10 +345,7 @@ class Proxy(Balancer):
             err = self._backend_error(state, exc)
             self.metrics.errors[(self.target, err.kind)] += 1
             return json_response(err.payload(), 502, {})
-        return web.Response(body=raw, status=conn.status, headers={"Content-Type": conn.headers.get("content-type", "application/json")})
+        return Response(raw, conn.status, {"Content-Type": conn.headers.get("content-type", "application/json")})
 
-    async def handle_metrics(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=self.metrics.render(self).encode(),
-            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
-        )
+    async def handle_metrics(self, request: Request) -> Response:
+        return Response(self.metrics.render(self).encode(), 200, {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aiohttp import web
-
 from .backends import RequestStats
+from .http_server import Response, json_answer
 
 
 def sse_error_event(message: str, request_id: str) -> bytes:
@@ -27,21 +26,9 @@ def sse_error_event(message: str, request_id: str) -> bytes:
     return b"data: " + json.dumps(event).encode() + b"\n\n"
 
 
-def json_response(payload: dict[str, Any], status: int, headers: dict[str, str]) -> web.Response:
+def json_response(payload: dict[str, Any], status: int, headers: dict[str, str]) -> Response:
     """JSON body with our diagnostic headers."""
-    return web.Response(
-        body=json.dumps(payload).encode(),
-        status=status,
-        content_type="application/json",
-        headers=headers,
-    )
-
-
-class RelayResponse(web.StreamResponse):
-    """A StreamResponse whose head goes out with the first body bytes (one send, one wake-up
-    of the client, instead of two); aiohttp versions without the switch send it at once."""
-
-    _send_headers_immediately = False
+    return json_answer(payload, status, headers)
 
 
 def diagnostic_headers(stats: RequestStats) -> dict[str, str]:

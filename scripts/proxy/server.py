@@ -8,43 +8,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import logging
 import signal
 from typing import Any
 
-from aiohttp import web
-
 from .backends import DECODE, PREFILL, UNIFIED, Backend, http_url
-from .relay import Proxy
+from .http_server import HttpServer
+from .relay import LOG_FIRST_REQUESTS, Proxy
 
 LOG = logging.getLogger("disagg_proxy")
 
 COMPLETION_PATHS = ("/v1/completions", "/v1/chat/completions")
-# aiohttp waits up to this for handlers still running when the grace is over, then cancels
-# them and waits up to this again.
+# When the grace is over, handlers still running are cancelled and get this long to end.
 HANDLER_CANCEL_S = 0.25
-# Long prompts sent as token-id lists exceed aiohttp's default 1 MiB request body limit.
-CLIENT_MAX_BODY = 256 * 1024 * 1024
 
 
-def build_app(proxy: Proxy) -> web.Application:
+def build_server(proxy: Proxy) -> HttpServer:
     """Routes only; the pools live on the Proxy."""
-    app = web.Application(client_max_size=CLIENT_MAX_BODY)
+    http = HttpServer()
     for path in COMPLETION_PATHS:
-        app.router.add_post(path, proxy.handle_completion)
-    app.router.add_get("/health", proxy.handle_health)
-    app.router.add_get("/healthcheck", proxy.handle_health)
-    app.router.add_get("/v1/models", proxy.handle_models)
-    app.router.add_get("/metrics", proxy.handle_metrics)
-    return app
-
-
-def _make_runner(app: web.Application) -> web.AppRunner:
-    """Short handler-cancel wait on both old (site kwarg) and new (runner kwarg) aiohttp."""
-    if "shutdown_timeout" in inspect.signature(web.BaseRunner.__init__).parameters:
-        return web.AppRunner(app, access_log=None, shutdown_timeout=HANDLER_CANCEL_S)
-    return web.AppRunner(app, access_log=None)
+        http.add("POST", path, proxy.handle_completion)
+    http.add("GET", "/health", proxy.handle_health)
+    http.add("GET", "/healthcheck", proxy.handle_health)
+    http.add("GET", "/v1/models", proxy.handle_models)
+    http.add("GET", "/metrics", proxy.handle_metrics)
+    return http
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -68,13 +56,12 @@ async def serve(args: argparse.Namespace) -> None:
         health_interval=args.health_interval,
         health_timeout=args.health_timeout,
         eject_after=args.eject_after,
+        log_every=args.log_every,
     )
-    runner = _make_runner(build_app(proxy))
-    await runner.setup()
+    http = build_server(proxy)
     server: asyncio.AbstractServer | None = None
     try:
-        # Our own listener (not a TCPSite) so that stopping it stops only the accepting.
-        server = await loop.create_server(runner.server, args.host, args.port, reuse_address=True, backlog=1024)
+        server = await loop.create_server(http.protocol, args.host, args.port, reuse_address=True, backlog=1024)
         port = server.sockets[0].getsockname()[1] if server.sockets else args.port
         LOG.info(
             "backends: prefill %s; decode %s; unified %s; health checks every %gs (timeout %gs, eject after %d failures); event loop: %s",
@@ -85,6 +72,11 @@ async def serve(args: argparse.Namespace) -> None:
             args.health_timeout,
             args.eject_after,
             _loop_name(loop),
+        )
+        LOG.info(
+            "per-request lines: every failure, the first %d requests, then every %dth (--log-every; --log-level debug: all)",
+            LOG_FIRST_REQUESTS,
+            args.log_every,
         )
         await proxy.start()
         # Exactly this line signals readiness (--port 0 resolves to the real port here).
@@ -97,7 +89,7 @@ async def serve(args: argparse.Namespace) -> None:
             proxy.in_flight,
             args.shutdown_grace,
         )
-        for conn in getattr(runner.server, "connections", []):
+        for conn in list(http.connections):
             conn.close()  # idle keep-alive connections close now, busy ones after their answer
         if proxy.in_flight:
             waits = [asyncio.ensure_future(proxy.drained.wait()), asyncio.ensure_future(force.wait())]
@@ -106,12 +98,10 @@ async def serve(args: argparse.Namespace) -> None:
                 task.cancel()
             if proxy.in_flight:
                 LOG.warning("closing %d request(s) still in flight", proxy.in_flight)
-        if runner.server is not None:
-            await runner.server.shutdown(HANDLER_CANCEL_S)
+        await http.shutdown(HANDLER_CANCEL_S)
     finally:
         if server is not None:
             server.close()
-        await runner.cleanup()
         await proxy.close()
 
 
