@@ -58,7 +58,8 @@ def _head(status: int, headers: dict[str, str], framing: str, close: bool) -> by
         reason = "Unknown"
     lines = [f"HTTP/1.1 {status} {reason}"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
-    lines.append(framing)
+    if framing:
+        lines.append(framing)
     if close:
         lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -66,7 +67,8 @@ def _head(status: int, headers: dict[str, str], framing: str, close: bool) -> by
 
 class StreamOut:
     """A streamed answer. Its head leaves with the first body bytes (one send, one wake-up of
-    the client); Content-Length framing when the length is known, else chunked."""
+    the client); Content-Length framing when the length is known, else chunked (an HTTP/1.0
+    client, which knows no chunks, reads to the close instead)."""
 
     def __init__(self, status: int = 200, headers: dict[str, str] | None = None) -> None:
         self.status = status
@@ -84,11 +86,14 @@ class StreamOut:
         self._conn = request.conn
 
     def _frame(self, data: bytes, last: bool) -> bytes:
-        chunked = self.content_length is None
+        chunked = self.content_length is None and not self._conn.http10
         out = b""
         if not self._head_sent:
             self._head_sent = self._conn.streaming = True
-            framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {self.content_length}"
+            if self.content_length is not None:
+                framing = f"Content-Length: {self.content_length}"
+            else:
+                framing = "Transfer-Encoding: chunked" if chunked else ""
             out = _head(self.status, self.headers, framing, self.close or self._conn.closing)
         if chunked and data:
             out += b"%x\r\n%b\r\n" % (len(data), data)
@@ -135,6 +140,8 @@ class Connection(asyncio.Protocol):
         self.closing = False  # answer the current request, then close
         self.lost = False
         self.streaming = False  # the current answer's head is out: an error can only close
+        self.http10 = False  # the current request's version: no chunked answers, close after
+        self.head_method = False  # HEAD: the answer's head only
         self._writable: asyncio.Future[None] | None = None
         self._continue_sent = False
 
@@ -202,7 +209,9 @@ class Connection(asyncio.Protocol):
                 raise BadRequest(431, "request head too large")
             return None
         method, path, version, headers = parse_head(bytes(self.buffer[:end]))
-        if version == "HTTP/1.0" or headers.get("connection", "").lower() == "close":
+        self.http10 = version == "HTTP/1.0"
+        self.head_method = method == "HEAD"
+        if self.http10 or headers.get("connection", "").lower() == "close":
             self.closing = True
         if "chunked" in headers.get("transfer-encoding", "").lower():
             body, used = dechunk(self.buffer, end + 4)
@@ -246,7 +255,8 @@ class Connection(asyncio.Protocol):
             self.closing = True
         if isinstance(answer, Response) and not self.lost:
             framing = f"Content-Length: {len(answer.body)}"
-            self.transport.write(_head(answer.status, answer.headers, framing, self.closing) + answer.body)
+            body = b"" if self.head_method else answer.body
+            self.transport.write(_head(answer.status, answer.headers, framing, self.closing) + body)
         if self.lost:
             return
         if self.closing:
@@ -322,7 +332,7 @@ class HttpServer:
         self.routes[(method, path)] = handler
 
     async def dispatch(self, request: Request) -> Response | StreamOut:
-        handler = self.routes.get((request.method, request.path))
+        handler = self.routes.get(("GET" if request.method == "HEAD" else request.method, request.path))
         if handler is not None:
             return await handler(request)
         allowed = sorted(m for m, p in self.routes if p == request.path)
