@@ -466,6 +466,50 @@ def get_trace(sim: Sim, **query: str) -> dict[str, Any]:
     return response.json()
 
 
+def _raw_completion(sock: socket.socket, rid: str, body: bytes, pause_after: int = 0, pause_s: float = 0.0) -> bytes:
+    """POST by hand on a kept-alive socket: the first ``pause_after`` bytes, a pause, the rest;
+    returns the whole (non-streamed, Content-Length) answer."""
+    head = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"X-Request-Id: {rid}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    data = head + body
+    if pause_after:
+        sock.sendall(data[:pause_after])
+        time.sleep(pause_s)  # the point of the test: the request arrives in two parts
+        data = data[pause_after:]
+    sock.sendall(data)
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(65536)
+    head_end = answer.index(b"\r\n\r\n") + 4
+    length = int(re.search(rb"(?i)content-length: *(\d+)", answer[:head_end]).group(1))
+    while len(answer) < head_end + length:
+        answer += sock.recv(65536)
+    return answer
+
+
+def test_trace_first_byte_is_when_the_request_began_to_arrive(plain: Sim) -> None:
+    """first_byte_mono: the first bytes of each request on a kept-alive connection, not the
+    moment the handler had it all (what a client cannot be blamed for under load)."""
+    tag = f"fb-{os.getpid()}-{time.monotonic_ns()}"
+    body = json.dumps({"model": MODEL, "prompt": "first byte", "max_tokens": 2}).encode()
+    with socket.create_connection(("127.0.0.1", plain.port), timeout=10) as sock:
+        sent_first_part = time.monotonic()
+        assert b" 200 " in _raw_completion(sock, f"{tag}-1", body, pause_after=40, pause_s=1.0).split(b"\r\n", 1)[0]
+        between = time.monotonic()
+        assert b" 200 " in _raw_completion(sock, f"{tag}-2", body).split(b"\r\n", 1)[0]
+    (one,) = get_trace(plain, request_id=f"{tag}-1")["requests"]
+    (two,) = get_trace(plain, request_id=f"{tag}-2")["requests"]
+    # Request 1's head was cut after 40 bytes and the rest sent a second later: its first byte
+    # is stamped before the rest was even sent, its arrival (whole request read) after.
+    assert sent_first_part <= one["first_byte_mono"] < sent_first_part + 1.0 <= one["arrival_mono"]
+    assert one["first_byte_mono"] <= one["headers_mono"] <= one["arrival_mono"]
+    # Request 2 on the same connection gets its own stamp (cleared when request 1 was answered).
+    assert one["end_mono"] <= between <= two["first_byte_mono"] <= two["arrival_mono"]
+    assert abs((two["first_byte_wall"] - two["first_byte_mono"]) - (two["arrival_wall"] - two["arrival_mono"])) < 0.002
+
+
 def test_trace_is_ground_truth_for_a_streamed_request(plain: Sim) -> None:
     """/sim/trace: one record, max_tokens write times, first token = timing model, client agrees."""
     rid = f"trace-{os.getpid()}-{time.monotonic_ns()}"

@@ -12,8 +12,47 @@ from aiohttp import web
 from .config import ServeConfig
 from .errors import TIMEOUT_ERRORS
 from .server import SimServer
+from .trace import STAMPS, clocks
 
 LOG = logging.getLogger("vllm_sim")
+
+
+class FirstByteStamp(asyncio.Protocol):
+    """Stamps when the first bytes of each request reach the server (the trace's ``first_byte``),
+    then hands everything to aiohttp's own protocol for the connection.
+
+    The handler runs later, after aiohttp has parsed the request and the event loop has got to
+    it; under load that lag is the server's, and a client's TTFT error must not be charged with
+    it (bench/client_fidelity.py). The handler takes the stamp (take_first_byte) and clears it
+    when it returns, so the next bytes on the connection start the next request."""
+
+    def __init__(self, inner: asyncio.Protocol) -> None:
+        self.inner = inner
+        self.first_byte: tuple[float, float] | None = None
+        self.transport_id = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport_id = id(transport)
+        STAMPS[self.transport_id] = self
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.first_byte is None:
+            self.first_byte = clocks()
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        STAMPS.pop(self.transport_id, None)
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
 
 
 async def serve(cfg: ServeConfig) -> int:
@@ -63,9 +102,8 @@ async def serve(cfg: ServeConfig) -> int:
     except TypeError:  # aiohttp < 3.9 has no runner-level shutdown_timeout
         runner = web.AppRunner(server.make_app(), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, cfg.host, cfg.port)
     try:
-        await site.start()
+        listener = await loop.create_server(lambda: FirstByteStamp(runner.server()), cfg.host, cfg.port, reuse_address=True, backlog=1024)
     except OSError as exc:
         LOG.error("Cannot bind http://%s:%d: %s", cfg.host, cfg.port, exc)
         return 1
@@ -77,6 +115,7 @@ async def serve(cfg: ServeConfig) -> int:
         LOG.error("Engine loop died: %r", server.engine_task.exception())
         code = 1
     LOG.info("Shutting down")
+    listener.close()
     if server.kv is not None and server.kv.server is not None:
         server.kv.server.close()
     for task in (*server.background, server.engine_task, waiter):

@@ -24,7 +24,7 @@ from .errors import RequestError
 from .kv_transfer import KVTransfer
 from .metrics import Stats, render_metrics
 from .openai_api import error_body, error_response, full_body, prompt_units, requested_max_tokens, sse_frames
-from .trace import TraceRecord, TraceStore, clocks, prompt_fingerprint
+from .trace import TraceRecord, TraceStore, clocks, prompt_fingerprint, request_done, take_first_byte
 
 LOG = logging.getLogger("vllm_sim")
 
@@ -158,6 +158,13 @@ class SimServer:
             await asyncio.Event().wait()  # until the client disconnects (the handler is cancelled)
 
     async def _serve(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        """One request; the next bytes on its connection start the next one (lifecycle.FirstByteStamp)."""
+        try:
+            return await self._answer(request, chat)
+        finally:
+            request_done(request.transport)
+
+    async def _answer(self, request: web.Request, chat: bool) -> web.StreamResponse:
         """Validate, run the NixlConnector per-request protocol, then stream or return the result."""
         loop = asyncio.get_running_loop()
         arrival = loop.time()
@@ -189,6 +196,7 @@ class SimServer:
         if trace is not None:
             trace.req = req
             trace.headers_mono = arrival
+            trace.first_byte_mono, trace.first_byte_wall = take_first_byte(request.transport) or arrival_clocks
             trace.prompt_sha1 = prompt_fingerprint(body, chat)
         self.served_requests += 1
         ordinal = self.served_requests

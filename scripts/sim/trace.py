@@ -16,6 +16,22 @@ from typing import Any
 
 from .engine import SimRequest
 
+# The first-byte stamper of each open connection (lifecycle.FirstByteStamp), by id(transport).
+STAMPS: dict[int, Any] = {}
+
+
+def take_first_byte(transport: object) -> tuple[float, float] | None:
+    """The (mono, wall) instant the current request's first bytes arrived, if stamped."""
+    stamper = STAMPS.get(id(transport))
+    return None if stamper is None else stamper.first_byte
+
+
+def request_done(transport: object) -> None:
+    """The next bytes on this connection belong to the next request."""
+    stamper = STAMPS.get(id(transport))
+    if stamper is not None:
+        stamper.first_byte = None
+
 
 def clocks() -> tuple[float, float]:
     """(time.monotonic(), time.time()) read back to back."""
@@ -44,6 +60,8 @@ class TraceRecord:
     end_mono: float | None = None
     end_wall: float | None = None
     headers_mono: float | None = None
+    first_byte_mono: float | None = None  # the request's first bytes reached the server
+    first_byte_wall: float | None = None
     prompt_sha1: str | None = None
     req: SimRequest | None = None
 
@@ -86,6 +104,8 @@ class TraceRecord:
             "arrival_mono": self.arrival_mono,
             "arrival_wall": self.arrival_wall,
             "headers_mono": self.headers_mono,
+            "first_byte_mono": self.first_byte_mono,
+            "first_byte_wall": self.first_byte_wall,
             "prompt_sha1": self.prompt_sha1,
             "scheduled_mono": req.t_scheduled if req is not None else None,
             "engine_first_token_mono": req.t_first_token if req is not None else None,
