@@ -230,11 +230,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from disagglab.plan.checks import warning_lines
+    from disagglab.plan.config import merged_config
     from disagglab.results.status import leftover_note, phase_status, status_json, status_lines
 
     phases = _phases()
     plan = phases.plan(args.phase)
     warnings = warning_lines(phases.warnings[args.phase])
+    if args.configfile:  # checked here: Snakemake is asked only about patterns with a result
+        merged_config(args.configfile)
     try:
         statuses = phase_status(plan, Path("."), args.configfile)
     except RuntimeError as exc:

@@ -71,10 +71,24 @@ def test_list_without_a_phase_lists_every_plan(project: Project) -> None:
     ]
 
 
-def test_status_fails_loudly_when_snakemake_cannot_plan(project: Project) -> None:
+def test_status_names_a_config_file_it_cannot_read(project: Project) -> None:
     import subprocess
     import sys
 
     out = subprocess.run([sys.executable, "-m", "disagglab", "status", "phase14", "--configfile", "/nonexistent.yaml"],
                          cwd=project.root, capture_output=True, text=True, check=False)
-    assert out.returncode == 2 and "snakemake --summary failed" in out.stderr and "nonexistent.yaml" in out.stderr
+    assert out.returncode == 2 and "/nonexistent.yaml: cannot read" in out.stderr, out.stderr
+
+
+def test_status_fails_loudly_when_snakemake_cannot_plan(finished_l0: Project, tmp_path: Path) -> None:
+    """Snakemake is asked only about patterns with a result; when it cannot answer, status says
+    so instead of calling them current."""
+    import subprocess
+    import sys
+
+    project = finished_copy(finished_l0, tmp_path / "proj")
+    snakefile = project.root / "Snakefile"
+    snakefile.write_text(snakefile.read_text() + "\nthis is not python\n")
+    out = subprocess.run([sys.executable, "-m", "disagglab", "status", "phase14"],
+                         cwd=project.root, capture_output=True, text=True, check=False)
+    assert out.returncode == 2 and "snakemake --summary failed" in out.stderr, out.stderr

@@ -3,6 +3,8 @@
 Status reads the files a run leaves (results, failure records) and asks Snakemake itself
 what is out of date (`snakemake --summary`) and what is running (its incomplete markers
 and locks), rather than keeping a second ledger that could disagree with Snakemake's.
+Only a pattern with a result can be out of date, so Snakemake is asked about those alone
+(not at all for a phase where nothing has run): its DAG is most of status's time.
 """
 
 from __future__ import annotations
@@ -48,11 +50,14 @@ def list_lines(plan: Plan) -> list[str]:
     return lines
 
 
-def snakemake_summary(phase: str, workdir: Path, configfiles: list[str] | None = None) -> dict[str, tuple[str, str]]:
-    """output path -> (status, plan) for every output of the phase, from `snakemake --summary`."""
+def snakemake_summary(targets: list[str], workdir: Path, configfiles: list[str] | None = None) -> dict[str, tuple[str, str]]:
+    """output path -> (status, plan) for ``targets`` and everything they are built from, from
+    `snakemake --summary`; {} without targets."""
+    if not targets:
+        return {}
     exe = Path(sys.executable).parent / "snakemake"
     extra = ["--configfile", *configfiles] if configfiles else []
-    out = subprocess.run([str(exe), str(PhaseLayout.of(phase).phase_marker), "--summary", "--nolock", *extra], cwd=workdir,
+    out = subprocess.run([str(exe), *targets, "--summary", "--nolock", *extra], cwd=workdir,
                          capture_output=True, text=True, timeout=600, check=False)
     if out.returncode != 0:
         tail = "\n".join((out.stderr or out.stdout).strip().splitlines()[-15:])
@@ -126,7 +131,9 @@ def phase_status(plan: Plan, workdir: Path = Path("."), configfiles: list[str] |
     from disagglab.guard import leftovers
     from disagglab.guard import phaselock
 
-    summary = snakemake_summary(plan.phase_name, workdir, configfiles)
+    states = {pid: pattern_state(results, pid) for pid in plan.patterns}
+    with_result = [str(PhaseLayout.of(plan.phase_name).result(pid)) for pid, (state, _) in states.items() if state == "done"]
+    summary = snakemake_summary(with_result, workdir, configfiles)
     incomplete, locked = running_outputs(workdir)
     holder = phaselock.holder(results)
     if holder is not None:  # the phase lock knows whether its holder lives (Snakemake's lock files do not)
@@ -137,7 +144,7 @@ def phase_status(plan: Plan, workdir: Path = Path("."), configfiles: list[str] |
     for layer in plan.layers:
         for pid in layer.pattern_ids:
             rel = str(PhaseLayout.of(plan.phase_name).result(pid))
-            state, detail = pattern_state(results, pid)
+            state, detail = states[pid]
             metrics = None
             trials = f"{PhaseLayout.of(plan.phase_name).trials_dir(pid)}/"
             if pid in cut_short:
