@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket
+from collections.abc import Awaitable, Callable
 
 # A backend's response head larger than this is a protocol error.
 MAX_RESPONSE_HEAD = 64 * 1024
@@ -73,6 +74,10 @@ class Conn(asyncio.Protocol):
         self.wait_timeout = 0.0
         self.wait_started = 0.0
         self.last_data = 0.0
+        # While relay() runs: where body pieces go as they are parsed, with no task switch.
+        self.sink: Callable[[bytes], None] | None = None
+        self.sink_blocked: Callable[[], bool] | None = None
+        self.sink_error: ConnectionResetError | None = None
         self.new_response(False)
 
     def new_response(self, head_only: bool) -> None:
@@ -106,10 +111,30 @@ class Conn(asyncio.Protocol):
         except (ValueError, IndexError) as exc:
             self._fail(ProtocolFailure(f"invalid HTTP response from backend: {exc}"))
             return
+        if self.sink is not None and self.pieces:
+            self._to_sink()
+            if self.state != _DONE and self.sink is not None:
+                return  # relayed; nothing for the waiting task to do
         if self.queued > READ_PAUSE_BYTES and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
         self._wake()
+
+    def _to_sink(self) -> None:
+        """Hand the parsed pieces on; stop handing on (and wake relay()) when the client is
+        gone or reads slower than we write."""
+        pieces = self.pieces
+        data = pieces.popleft() if len(pieces) == 1 else b"".join(pieces)
+        pieces.clear()
+        self.queued = 0
+        try:
+            self.sink(data)  # type: ignore[misc]
+        except ConnectionResetError as exc:
+            self.sink_error = exc
+            self.sink = None
+            return
+        if self.sink_blocked():  # type: ignore[misc]
+            self.sink = None
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost follows
@@ -297,6 +322,34 @@ class Conn(asyncio.Protocol):
             self.paused = False
             self.transport.resume_reading()
         return data
+
+    async def relay(
+        self, send: Callable[[bytes], None], blocked: Callable[[], bool], drained: Callable[[], Awaitable[None]], timeout: float
+    ) -> None:
+        """Send the rest of the body to ``send`` as it arrives, straight from data_received (one
+        task switch per stream, not per chunk); wait on ``drained`` while ``blocked``.
+        ConnectionResetError from ``send`` (the client left) and BackendFailure propagate."""
+        while True:
+            if self.pieces:
+                self.sink, self.sink_blocked = send, blocked
+                self._to_sink()
+                self.sink = None
+                if self.paused and self.transport is not None:
+                    self.paused = False
+                    self.transport.resume_reading()
+            if self.sink_error is not None:
+                error, self.sink_error = self.sink_error, None
+                raise error
+            if self.state == _DONE:
+                return
+            if blocked():
+                await drained()
+                continue
+            self.sink, self.sink_blocked = send, blocked
+            try:
+                await self._wait(timeout)
+            finally:
+                self.sink = None
 
     async def read_body(self, timeout: float, limit: int | None = None) -> bytes:
         """The whole body (or its first ``limit`` bytes)."""

@@ -272,14 +272,12 @@ class Proxy(Balancer):
             if first:
                 await out.write(first)
                 stats.bytes_out += len(first)
-            while True:
-                chunk = await conn.read_piece(self.read_timeout)
-                if not chunk:
-                    break
-                out.send(chunk)  # no coroutine per chunk unless the client is slow
-                stats.bytes_out += len(chunk)
-                if out.blocked:
-                    await out.drained()
+
+            def send(data: bytes) -> None:
+                out.send(data)
+                stats.bytes_out += len(data)
+
+            await conn.relay(send, lambda: out.blocked, out.drained, self.read_timeout)
         except ConnectionResetError:
             # The client went away: drop D's connection so D stops generating for nobody.
             stats.error = "client disconnected"
