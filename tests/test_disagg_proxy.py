@@ -8,7 +8,8 @@ proxy sent. Everything binds 127.0.0.1 on ephemeral ports (the proxy with ``--po
 Prompt markers steer the fakes: ``NOKV`` (P returns no kv_transfer_params), ``SLOW`` (D sends
 SSE chunks 100 ms apart), ``HANG`` (D pauses 2 s between chunks), ``DIE`` (D drops the
 connection after the first chunk), ``GATE:<id>`` (D sends the first chunk, then holds the
-stream open until the test calls ``release(<id>)``).
+stream open until the test calls ``release(<id>)``), ``BIG:<id>`` (D sends BIG_EVENTS events of
+BIG_PAD bytes as fast as it may, counting them in ``big[<id>]``).
 
 No assertion depends on how fast this machine is: waits for something to happen are bounded
 polls, and the few time limits are far from what the behaviour under test would take.
@@ -73,6 +74,7 @@ class FakeBackend:
     loop: asyncio.AbstractEventLoop | None = None
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
     finished: list[str] = field(default_factory=list)  # gate ids whose stream D completed
+    big: dict[str, int] = field(default_factory=dict)  # BIG:<id> -> events written so far
 
     @property
     def url(self) -> str:
@@ -138,6 +140,9 @@ class FakeBackend:
         gate = re.search(r"GATE:([\w-]+)", marker)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
+        big = re.search(r"BIG:([\w-]+)", marker)
+        if big:
+            return await self.big_stream(resp, big.group(1))
         try:
             for i in range(5):
                 if i == 1 and gate:
@@ -158,6 +163,25 @@ class FakeBackend:
         except ConnectionResetError:
             pass  # the proxy hung up on us (client gone or proxy shutting down)
         return resp
+
+
+    async def big_stream(self, resp: web.StreamResponse, big_id: str) -> web.StreamResponse:
+        """Many large events written as fast as the reader takes them (resp.write waits for the
+        socket to drain): how far it got shows whether anything upstream held bytes back."""
+        self.big[big_id] = 0
+        pad = "x" * BIG_PAD
+        try:
+            for i in range(BIG_EVENTS):
+                await resp.write(f'data: {{"i": {i}, "pad": "{pad}"}}\n\n'.encode())
+                self.big[big_id] = i + 1
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+        except ConnectionResetError:
+            pass
+        return resp
+
+
+BIG_EVENTS, BIG_PAD = 4096, 16 * 1024  # 64 MiB: more than every buffer between D and the client
 
 
 class FakeCluster:

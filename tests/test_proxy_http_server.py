@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from test_disagg_proxy import FakeBackend, FakeCluster, ProxyProcess, completion_body, one
+from test_disagg_proxy import BIG_EVENTS, BIG_PAD, FakeBackend, FakeCluster, ProxyProcess, completion_body, one
 
 TIMEOUT = 5.0
 
@@ -436,3 +436,29 @@ def test_sse_answer_is_chunked_and_ends_with_done(proxy):
         # keep-alive after a chunked answer: the terminating chunk was complete
         wire.send(http_request("GET", "/metrics"))
         assert wire.response().status == 200
+
+
+def test_a_slow_client_holds_the_decode_stream_back(backends, proxy):
+    """Back-pressure: while the client reads nothing, the proxy stops reading D (D stalls long
+    before its 64 MiB are out) instead of buffering the stream; then every byte arrives, in order."""
+    big = f"big-{uuid.uuid4()}"
+    _, raw = completion(new_rid(), stream=True, prompt=f"BIG:{big}")
+    hd0 = backends["HD0"]
+    with Wire(proxy.port) as wire:
+        wire.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        wire.send(raw)
+        deadline = time.monotonic() + 10
+        while hd0.big.get(big, 0) < 8 and time.monotonic() < deadline:  # D has started
+            time.sleep(0.01)
+        stalled_at = hd0.big.get(big, 0)
+        assert stalled_at >= 8, "D never started streaming"
+        # Every buffer between D and us together holds well under 64 MiB: a proxy that kept
+        # reading D would let it finish within milliseconds. Give it a full second.
+        time.sleep(1.0)
+        assert hd0.big[big] < BIG_EVENTS, "D finished while the client read nothing: the proxy buffered the stream"
+        resp = wire.response(timeout=60)
+    events = sse_events(resp.body)
+    assert events[-1] == b"data: [DONE]" and len(events) == BIG_EVENTS + 1
+    assert [json.loads(e[len(b"data: "):])["i"] for e in events[:-1]] == list(range(BIG_EVENTS))
+    assert all(len(json.loads(e[len(b"data: "):])["pad"]) == BIG_PAD for e in events[:3])
+    assert hd0.big[big] == BIG_EVENTS
