@@ -4,7 +4,8 @@ The proxy runs as a real subprocess in front of fake P and D servers (the fakes 
 process wrapper of test_disagg_proxy.py), and the tests talk to it over raw sockets: chunked
 request bodies, ``Expect: 100-continue``, keep-alive, pipelining and framing are exactly what
 an HTTP client library would hide. Every read has a deadline (socket timeouts of a few
-seconds); nothing sleeps.
+seconds). The one sleep (the slow-client test) only gives a broken proxy time to show itself:
+a working one passes however long it lasts.
 """
 
 from __future__ import annotations
