@@ -29,6 +29,17 @@ from proxy.server import run, serve  # noqa: E402
 LOG = logging.getLogger("disagg_proxy")
 
 
+def add_log_args(parser: argparse.ArgumentParser) -> None:
+    """How much the proxy logs: a line per request costs CPU on the measured path."""
+    parser.add_argument(
+        "--log-every",
+        type=int,
+        default=1000,
+        help="log one successful request in this many at INFO (failures and the first 10 always)",
+    )
+    parser.add_argument("--log-level", choices=("debug", "info", "warning"), default="info", help="debug: a line for every request")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """CLI compatible with vLLM's toy proxy (plural and singular spellings)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -80,18 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=10.0,
         help="on SIGTERM/SIGINT, seconds in-flight requests may take to finish",
     )
-    parser.add_argument(
-        "--log-every",
-        type=int,
-        default=1000,
-        help="log one successful request in this many at INFO (failures and the first 10 always)",
-    )
-    parser.add_argument(
-        "--log-level",
-        choices=("debug", "info", "warning"),
-        default="info",
-        help="debug: a line for every request",
-    )
+    add_log_args(parser)
     args = parser.parse_args(argv)
     given = argv if argv is not None else sys.argv[1:]
     if (args.unified_hosts is None) != (args.unified_ports is None):
